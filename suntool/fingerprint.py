@@ -1,0 +1,108 @@
+"""Fingerprints of a checkpoint's tensors, computed from the safetensors files alone.
+
+A fingerprint is the sha256 over every tensor, in name order, of its name, dtype, shape
+and raw bytes. It does not depend on how tensors are spread across shard files, on file
+metadata, or on anything but the weights, and it needs no torch: the safetensors header
+is parsed directly. A truncated or corrupt file is a `CheckpointError` naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from suntool.errors import CheckpointError
+
+_CHUNK = 8 << 20
+_DTYPE_BYTES = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+    "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8,
+}
+
+
+@dataclass(frozen=True)
+class TensorRecord:
+    """Where one tensor lies in a safetensors file."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    file: Path
+    start: int  # absolute byte offset in `file`
+    end: int
+
+    @property
+    def numel(self) -> int:
+        count = 1
+        for dim in self.shape:
+            count *= dim
+        return count
+
+
+def read_safetensors_header(path: Path) -> list[TensorRecord]:
+    """Parse and check one safetensors file's header; raise `CheckpointError` if corrupt."""
+    path = Path(path)
+    size = path.stat().st_size
+    hint = f"{path} is truncated or not a safetensors file; re-create it (e.g. re-run the command that wrote it)"
+    if size < 8:
+        raise CheckpointError(hint)
+    with path.open("rb") as handle:
+        (header_len,) = struct.unpack("<Q", handle.read(8))
+        if header_len <= 0 or 8 + header_len > size:
+            raise CheckpointError(hint)
+        try:
+            header = json.loads(handle.read(header_len))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CheckpointError(hint) from err
+    if not isinstance(header, dict):
+        raise CheckpointError(hint)
+    base = 8 + header_len
+    records = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (start, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry; {hint}") from err
+        record = TensorRecord(name, dtype, shape, path, base + start, base + end)
+        expected = record.numel * _DTYPE_BYTES.get(dtype, 0)
+        if record.end > size or (dtype in _DTYPE_BYTES and end - start != expected):
+            raise CheckpointError(f"{path}: tensor {name!r} extends past the end of the file; {hint}")
+        records.append(record)
+    return records
+
+
+def checkpoint_tensors(directory: Path) -> list[TensorRecord]:
+    """All tensors of the `*.safetensors` files in `directory`, sorted by name."""
+    files = sorted(Path(directory).glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{directory} holds no *.safetensors file; suntool reads safetensors checkpoints only")
+    records = [record for file in files for record in read_safetensors_header(file)]
+    return sorted(records, key=lambda record: record.name)
+
+
+def fingerprint_checkpoint(directory: Path) -> str:
+    """`sha256:<hex>` of the checkpoint's tensors (see module docstring)."""
+    digest = hashlib.sha256()
+    for record in checkpoint_tensors(directory):
+        digest.update(json.dumps([record.name, record.dtype, list(record.shape)]).encode())
+        with record.file.open("rb") as handle:
+            handle.seek(record.start)
+            remaining = record.end - record.start
+            while remaining:
+                chunk = handle.read(min(_CHUNK, remaining))
+                if not chunk:
+                    raise CheckpointError(f"{record.file} is truncated; re-create it")
+                digest.update(chunk)
+                remaining -= len(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def checkpoint_stats(directory: Path) -> tuple[int, int]:
+    """(number of parameters, bytes of tensor data) of the checkpoint in `directory`."""
+    records = checkpoint_tensors(directory)
+    return sum(r.numel for r in records), sum(r.end - r.start for r in records)
