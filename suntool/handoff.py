@@ -308,18 +308,22 @@ def prefill_decode(
 
 
 def check_pairable(prefill_config, decode_config) -> None:
-    """Refuse two halves whose caches cannot be exchanged (architecture, shapes, vocabulary)."""
+    """Refuse two halves whose caches cannot be exchanged (architecture, shapes, vocabulary).
+
+    Takes `config.json` dicts or transformers config objects.
+    """
     from suntool.errors import ArtifactError
 
     def geometry(config) -> dict:
-        text = config.get_text_config() if hasattr(config, "get_text_config") else config
-        heads = text.num_attention_heads
+        raw = config if isinstance(config, dict) else config.to_dict()
+        raw = raw.get("text_config") or raw
+        heads = raw.get("num_attention_heads")
         return {
-            "model_type": text.model_type,
-            "num_hidden_layers": text.num_hidden_layers,
-            "num_key_value_heads": getattr(text, "num_key_value_heads", None) or heads,
-            "head_dim": getattr(text, "head_dim", None) or text.hidden_size // heads,
-            "vocab_size": text.vocab_size,
+            "model_type": raw.get("model_type"),
+            "num_hidden_layers": raw.get("num_hidden_layers"),
+            "num_key_value_heads": raw.get("num_key_value_heads") or heads,
+            "head_dim": raw.get("head_dim") or (raw.get("hidden_size", 0) // heads if heads else None),
+            "vocab_size": raw.get("vocab_size"),
         }
 
     left, right = geometry(prefill_config), geometry(decode_config)

@@ -1,0 +1,39 @@
+"""Shared terminal helpers for the command modules: consoles, progress, 'not built yet'."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import typer
+from rich.console import Console
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def step_progress(title: str) -> Iterator[Callable[[str], None]]:
+    """A rich spinner with elapsed time; yields `say(message)` that updates its line."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(title, total=None)
+
+        def say(message: str) -> None:
+            progress.console.print(f"[dim]·[/] {message}")
+            progress.update(task, description=message)
+
+        yield say
+
+
+def not_built(name: str, issue: int) -> None:
+    """Exit non-zero with a plain message for a subcommand whose issue has not landed."""
+    err_console.print(f"[bold red]error:[/] `suntool {name}` is not built yet (tracked in issue #{issue}).")
+    raise typer.Exit(code=2)
