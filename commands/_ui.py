@@ -17,6 +17,8 @@ def step_progress(title: str) -> Iterator[Callable[[str], None]]:
     """A rich spinner with elapsed time; yields `say(message)` that updates its line."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    quiet_transformers()
+
     with Progress(
         SpinnerColumn(),
         TextColumn("[bold]{task.description}"),
@@ -31,6 +33,14 @@ def step_progress(title: str) -> Iterator[Callable[[str], None]]:
             progress.update(task, description=message)
 
         yield say
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' own tqdm bars and advisory logs; suntool shows its own progress."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
 
 
 def not_built(name: str, issue: int) -> None:

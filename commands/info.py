@@ -21,21 +21,21 @@ def info_command(
         f"first_token={report.first_token}  base={report.base}"
     )
     table = Table(show_header=True, header_style="bold")
-    for column in ("half", "role", "parameters", "bytes", "fingerprint", "location", "fingerprint check"):
-        table.add_column(column)
+    for column in ("half", "role", "parameters", "size", "fingerprint", "check"):
+        table.add_column(column, overflow="fold")
     for half in report.halves:
-        status = {None: "[dim]not checked (--verify)[/]", True: "[green]ok[/]", False: "[red]MISMATCH[/]"}
-        status = status[half.verified]
-        extra = []
+        status = {None: "[dim]--verify[/]", True: "[green]ok[/]", False: "[red]MISMATCH[/]"}[half.verified]
+        role = half.role
         if half.quantization:
-            extra.append(f"{half.quantization.get('quant_method')} {half.quantization.get('bits')}-bit")
-        if half.trained_against:
-            extra.append(f"trained against {half.trained_against[:19]}…")
+            role += f" ({half.quantization.get('quant_method')} {half.quantization.get('bits')}-bit)"
         table.add_row(
-            half.name, half.role + (f" ({', '.join(extra)})" if extra else ""), f"{half.parameters:,}",
-            _human(half.bytes), half.fingerprint[:23] + "…", str(half.location), status,
+            half.name, role, f"{half.parameters / 1e6:,.1f}M", _human(half.bytes), half.fingerprint[7:19], status
         )
     console.print(table)
+    for half in report.halves:
+        console.print(f"  {half.name}: {half.location}")
+        if half.trained_against:
+            console.print(f"    trained against shared half {half.trained_against}")
     if report.training:
         console.print(f"training: {report.training}")
     if any(half.verified is False for half in report.halves):
