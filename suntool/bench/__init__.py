@@ -1,0 +1,1 @@
+"""suntool.bench (see the modules of this package)."""

@@ -1,0 +1,1 @@
+"""suntool.serve (see the modules of this package)."""

@@ -1,0 +1,1 @@
+"""suntool.train (see the modules of this package)."""
