@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typer
+
 from suntool.commands._ui import not_built
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+
 from suntool.commands._ui import console, step_progress
 
 
