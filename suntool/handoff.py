@@ -184,6 +184,34 @@ def prefill(
     return KVHandoff(cache=cache, attention_mask=attention_mask, first_logits=logits[:, -1, :])
 
 
+def continuation_logits(
+    model: PreTrainedModel,
+    handoff: KVHandoff,
+    continuation_ids: torch.Tensor,
+    continuation_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Teacher-forced logits [B, Lc, V] predicting each continuation token from the handoff's cache.
+
+    The decode half reads the prefill half's K/V (gradients flow into the cache when it
+    carries them: this is SUN's training forward and lm-eval's scoring forward).
+    Continuations are right-padded (`continuation_mask` 0 on pads); the cache is extended
+    in place.
+    """
+    import torch
+
+    if continuation_mask is None:
+        continuation_mask = torch.ones_like(continuation_ids)
+    mask = torch.cat([handoff.attention_mask, continuation_mask[:, :-1].to(handoff.attention_mask.dtype)], dim=-1)
+    if handoff.pending_ids is not None:
+        inputs = torch.cat([handoff.pending_ids, continuation_ids[:, :-1]], dim=-1)
+        return forward_with_cache(model, inputs, mask, handoff.cache, logits_to_keep=0)
+    first = handoff.first_logits[:, None, :]
+    if continuation_ids.shape[1] == 1:
+        return first
+    rest = forward_with_cache(model, continuation_ids[:, :-1], mask, handoff.cache, logits_to_keep=0)
+    return torch.cat([first.to(rest.dtype), rest], dim=1)
+
+
 def _logits_warpers(config: SamplingConfig):
     from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 

@@ -123,3 +123,26 @@ def test_bad_inputs_are_user_errors():
         SamplingConfig(max_new_tokens=0)
     with pytest.raises(SuntoolError, match="top_p"):
         SamplingConfig(top_p=0)
+
+
+@pytest.mark.parametrize("first_token", ["decode", "prefill"])
+def test_continuation_logits_equal_one_full_forward(first_token):
+    from suntool.handoff import continuation_logits
+
+    model = build_model("llama")
+    ids, mask = padded_batch()
+    gen = torch.Generator().manual_seed(5)
+    cont = torch.randint(3, 300, (3, 4), generator=gen)
+    cont_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]])
+    with torch.no_grad():
+        handoff = prefill(model, ids, mask, first_token=first_token)
+        ours = continuation_logits(model, handoff, cont, cont_mask)
+        full_mask = torch.cat([mask, cont_mask], dim=1)
+        from suntool.handoff import position_ids_from_mask
+
+        full = model(
+            input_ids=torch.cat([ids, cont], dim=1), attention_mask=full_mask,
+            position_ids=position_ids_from_mask(full_mask),
+        ).logits[:, ids.shape[1] - 1 : -1]
+    real = cont_mask.bool()
+    torch.testing.assert_close(ours[real], full[real], atol=1e-5, rtol=0)
