@@ -1,17 +1,51 @@
-"""`suntool eval`: Evaluate artifacts with lm-eval on the bundled offline tasks."""
+"""`suntool eval ART... --tasks T1,T2`: lm-eval on split artifacts, one comparison table."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
-from suntool.commands._ui import not_built
+from suntool.commands._ui import console, step_progress
 
 
-def eval_command(args: list[str] = typer.Argument(None, hidden=True)) -> None:
-    """Evaluate artifacts with lm-eval on the bundled offline tasks. [not built yet]"""
-    not_built("eval", issue=6)
+def eval_command(
+    artifacts: list[str] = typer.Argument(..., help="Artifacts, HF checkpoints or built-in names (smollm2-135m)."),
+    tasks: str = typer.Option(..., "--tasks", help="Comma-separated tasks, e.g. suntool_arith,suntool_arith_mc."),
+    limit: int = typer.Option(None, "--limit", help="Evaluate only the first N documents of each task."),
+    num_fewshot: int = typer.Option(None, "--num-fewshot"),
+    output: Path = typer.Option(None, "--output", "-o", help="Write results.json per artifact + summary.csv/.md here."),
+    log_samples: bool = typer.Option(False, "--log-samples", help="Also write every sample (needs --output)."),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    dtype: str = typer.Option("float32", help="Load the halves as float32, bfloat16 or float16."),
+    include_path: Path = typer.Option(None, "--include-path", help="Extra directory of lm-eval task YAMLs."),
+    allow_mismatch: bool = typer.Option(False, "--allow-mismatch"),
+) -> None:
+    """Evaluate artifacts with lm-eval (the `suntool` model: prefill half → K/V → decode half)."""
+    from rich.table import Table
+
+    from suntool.errors import SuntoolError
+    from suntool.evaluate import EvalConfig, format_metric, run_eval
+
+    if log_samples and output is None:
+        raise SuntoolError("--log-samples needs --output DIR to write the samples to")
+    config = EvalConfig(
+        artifacts=tuple(artifacts), tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()), limit=limit,
+        num_fewshot=num_fewshot, output=output, log_samples=log_samples, batch_size=batch_size, dtype=dtype,
+        include_path=include_path, allow_mismatch=allow_mismatch,
+    )
+    with step_progress("evaluating") as say:
+        report = run_eval(config, progress=say)
+    table = Table(show_header=True, header_style="bold")
+    table.add_column("artifact")
+    for column in report.columns:
+        table.add_column(column, justify="right")
+    for name, metrics in report.rows.items():
+        table.add_row(name, *(format_metric(metrics.get(column)) for column in report.columns))
+    console.print(table)
+    if output is not None:
+        console.print(f"[green]wrote[/] {output}/summary.md, summary.csv and one results.json per artifact")
 
 
 def register(app: typer.Typer) -> None:
-    settings = {"ignore_unknown_options": True, "allow_extra_args": True}
-    app.command("eval", context_settings=settings)(eval_command)
+    app.command("eval")(eval_command)

@@ -1,0 +1,222 @@
+"""`suntool eval`: lm-eval over one or more artifacts, one comparison table.
+
+`run_eval(EvalConfig(...))` validates everything a user can get wrong before loading a
+model (artifacts, task names, `--limit`, output dir), then for each artifact builds the
+`suntool` lm-eval model (`suntool.lmeval.SuntoolLM`: prefill half → K/V → decode half)
+and calls `lm_eval.simple_evaluate` with a `TaskManager` that includes the bundled
+offline tasks (`suntool.evals`) and any `--include-path`. It returns an `EvalReport`
+(one row per artifact, one column per task metric, with stderr) and, with `output`,
+writes per-artifact `results.json` (+ samples), `summary.csv`, `summary.md` and the
+`eval.yaml` config. Hub downloads are switched off: a task whose data is not local
+fails with a message saying so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from suntool.errors import SuntoolError
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    artifacts: tuple[str, ...]
+    tasks: tuple[str, ...]
+    limit: int | None = None
+    num_fewshot: int | None = None
+    output: Path | None = None
+    log_samples: bool = False
+    batch_size: int = 8
+    dtype: str = "float32"
+    include_path: Path | None = None
+    allow_mismatch: bool = False
+    seed: int = 1234
+
+    def validate(self) -> None:
+        if not self.artifacts:
+            raise SuntoolError("pass at least one artifact (or checkpoint, or built-in model name) to evaluate")
+        if not self.tasks:
+            raise SuntoolError("pass --tasks, e.g. --tasks suntool_arith,suntool_arith_mc")
+        if self.limit is not None and self.limit < 1:
+            raise SuntoolError(f"--limit must be at least 1 (or omitted for the whole test set), got {self.limit}")
+        if self.num_fewshot is not None and self.num_fewshot < 0:
+            raise SuntoolError(f"--num-fewshot must be >= 0, got {self.num_fewshot}")
+        if self.batch_size < 1:
+            raise SuntoolError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.include_path is not None and not Path(self.include_path).is_dir():
+            raise SuntoolError(f"--include-path {self.include_path} is not a directory of lm-eval task YAMLs")
+
+
+@dataclass(frozen=True)
+class MetricValue:
+    value: float
+    stderr: float | None
+
+
+@dataclass
+class EvalReport:
+    """rows[artifact][f"{task}/{metric}"] = MetricValue; raw lm-eval results per artifact."""
+
+    rows: dict[str, dict[str, MetricValue]] = field(default_factory=dict)
+    raw: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def columns(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for metrics in self.rows.values():
+            seen.update(dict.fromkeys(metrics))
+        return list(seen)
+
+    def markdown(self) -> str:
+        columns = self.columns
+        lines = ["| artifact | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+        for name, metrics in self.rows.items():
+            cells = [format_metric(metrics.get(column)) for column in columns]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
+
+    def csv(self) -> str:
+        import csv
+        import io
+
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["artifact", "task_metric", "value", "stderr"])
+        for name, metrics in self.rows.items():
+            for column, metric in metrics.items():
+                writer.writerow([name, column, metric.value, "" if metric.stderr is None else metric.stderr])
+        return buffer.getvalue()
+
+
+def format_metric(metric: MetricValue | None) -> str:
+    if metric is None:
+        return "—"
+    return f"{metric.value:.4f}" + (f" ± {metric.stderr:.4f}" if metric.stderr is not None else "")
+
+
+def check_output_dir(output: Path) -> None:
+    """Create `output` and prove it is writable, or raise a SuntoolError naming it."""
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        probe = output / ".suntool-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise SuntoolError(f"--output {output} is not writable ({err.strerror}); choose another directory") from err
+
+
+def resolve_tasks(names: tuple[str, ...], include_path: Path | None):
+    """A TaskManager with the bundled tasks, after checking every requested name exists."""
+    from suntool.evals.registry import bundled_task_names, task_manager
+
+    manager = task_manager(include_path)
+    known = set(manager.all_tasks)
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise SuntoolError(
+            f"unknown task(s) {', '.join(unknown)}; bundled offline tasks: {', '.join(bundled_task_names())} "
+            "(lm-eval's own tasks also work when their data is local: point --include-path at their YAMLs)"
+        )
+    return manager
+
+
+def _collect(results: dict) -> dict[str, MetricValue]:
+    metrics: dict[str, MetricValue] = {}
+    for task, values in sorted(results.get("results", {}).items()):
+        for key, value in values.items():
+            if not isinstance(value, (int, float)) or key.endswith("_stderr") or "stderr" in key.split(",")[0]:
+                continue
+            metric, _, filter_name = key.partition(",")
+            stderr = values.get(f"{metric}_stderr,{filter_name}")
+            label = f"{task}/{metric}" + (f"[{filter_name}]" if filter_name not in ("", "none") else "")
+            metrics[label] = MetricValue(float(value), float(stderr) if isinstance(stderr, (int, float)) else None)
+    return metrics
+
+
+def _artifact_label(spec: str, taken: set[str]) -> str:
+    base = Path(spec).name or spec
+    label, count = base, 2
+    while label in taken:
+        label, count = f"{base}-{count}", count + 1
+    return label
+
+
+def run_eval(config: EvalConfig, progress: Progress | None = None) -> EvalReport:
+    """Evaluate every artifact of `config` on its tasks; see the module docstring."""
+    from suntool.artifact import open_artifact
+
+    say = progress or (lambda _msg: None)
+    config.validate()
+    for spec in config.artifacts:  # fail on a bad artifact before any model loads
+        open_artifact(spec, allow_mismatch=config.allow_mismatch)
+    if config.output is not None:
+        check_output_dir(Path(config.output))
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    manager = resolve_tasks(config.tasks, config.include_path)
+
+    import lm_eval
+
+    from suntool.lmeval import SuntoolLM
+
+    report = EvalReport()
+    for spec in config.artifacts:
+        label = _artifact_label(spec, set(report.rows))
+        say(f"evaluating {label} on {', '.join(config.tasks)}")
+        model = SuntoolLM(
+            artifact=spec, dtype=config.dtype, batch_size=config.batch_size, allow_mismatch=config.allow_mismatch
+        )
+        try:
+            results = lm_eval.simple_evaluate(
+                model=model,
+                tasks=list(config.tasks),
+                num_fewshot=config.num_fewshot,
+                limit=config.limit,
+                task_manager=manager,
+                log_samples=config.log_samples,
+                random_seed=config.seed,
+                numpy_random_seed=config.seed,
+                torch_random_seed=config.seed,
+                fewshot_random_seed=config.seed,
+            )
+        except (ConnectionError, OSError) as err:
+            raise SuntoolError(
+                f"a task's data is not available offline ({err}); bundled tasks work offline — for other "
+                "lm-eval tasks download their data elsewhere and point --include-path at YAMLs that read it locally"
+            ) from err
+        report.rows[label] = _collect(results)
+        report.raw[label] = results
+        if config.output is not None:
+            _write_artifact_results(Path(config.output) / label, results, config.log_samples)
+    if config.output is not None:
+        _write_summary(Path(config.output), report, config)
+    return report
+
+
+def _write_artifact_results(directory: Path, results: dict, log_samples: bool) -> None:
+    from suntool.atomic import atomic_write_text
+
+    samples = results.pop("samples", None)
+    atomic_write_text(directory / "results.json", json.dumps(results, indent=2, default=str))
+    if samples and log_samples:
+        for task, rows in samples.items():
+            lines = "".join(json.dumps(row, default=str) + "\n" for row in rows)
+            atomic_write_text(directory / f"samples_{task}.jsonl", lines)
+
+
+def _write_summary(directory: Path, report: EvalReport, config: EvalConfig) -> None:
+    import yaml
+
+    from suntool.atomic import atomic_write_text
+
+    atomic_write_text(directory / "summary.md", report.markdown())
+    atomic_write_text(directory / "summary.csv", report.csv())
+    plain = {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+             for k, v in asdict(config).items()}
+    atomic_write_text(directory / "eval.yaml", yaml.safe_dump(plain, sort_keys=False))

@@ -1,0 +1,144 @@
+"""The lm-eval model `suntool`: evaluates a split artifact the way it really runs.
+
+`SuntoolLM` subclasses lm-eval's `HFLM`, so tokenization, truncation, batching, chat
+templates and request caching are exactly those of lm-eval's own `hf` model; only the
+model calls are replaced:
+
+- loglikelihood: the prefill half builds the context's K/V (`suntool.handoff.prefill`),
+  the decode half scores the continuation reading that cache
+  (`suntool.handoff.continuation_logits`);
+- loglikelihood_rolling: the same, over lm-eval's rolling windows;
+- generate_until: prefill half → K/V handoff → decode half (`suntool.handoff.decode`).
+
+Model args (`--model_args`): `artifact=PATH` (an artifact dir, a plain HF checkpoint or a
+built-in name), `dtype`, `batch_size`, `max_length`, `allow_mismatch`, `device`.
+"""
+
+from __future__ import annotations
+
+import torch
+from lm_eval.models.huggingface import HFLM
+
+from suntool.artifact import LoadedArtifact, load_artifact
+from suntool.handoff import SamplingConfig, continuation_logits, decode, prefill
+
+
+def _as_bool(value) -> bool:
+    return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+
+
+class SuntoolLM(HFLM):
+    """lm-eval model over a suntool artifact (prefill half → K/V → decode half)."""
+
+    def __init__(
+        self,
+        artifact: str | LoadedArtifact | None = None,
+        pretrained: str | None = None,
+        dtype: str | None = "float32",
+        batch_size: int | str = 8,
+        max_length: int | None = None,
+        device: str | None = None,
+        allow_mismatch: bool | str = False,
+        **kwargs,
+    ) -> None:
+        from suntool.errors import SuntoolError
+
+        spec = artifact if artifact is not None else pretrained
+        if spec is None:
+            raise SuntoolError("the suntool lm-eval model needs --model_args artifact=PATH")
+        if device is None or (str(device).startswith("cuda") and not torch.cuda.is_available()):
+            device = "cuda" if torch.cuda.is_available() else "cpu"  # lm-eval's CLI asks for cuda by default
+        if str(batch_size) == "auto":
+            raise SuntoolError("batch_size=auto is not supported by the suntool model; pass a number")
+        loaded = spec if isinstance(spec, LoadedArtifact) else load_artifact(
+            spec, dtype=dtype, device=device, allow_mismatch=_as_bool(allow_mismatch)
+        )
+        self.artifact = loaded
+        super().__init__(
+            pretrained=loaded.decode_model,
+            tokenizer=loaded.tokenizer,
+            batch_size=int(batch_size),
+            max_length=max_length,
+            device=device,
+            **kwargs,
+        )
+        self.tokenizer.padding_side = "left"
+
+    @property
+    def first_token(self) -> str:
+        return self.artifact.manifest.handoff.first_token
+
+    def _prefill(self, rows: list[list[int]]):
+        """Left-pad token rows and run them through the prefill half."""
+        width = max(len(row) for row in rows)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.tensor([[pad] * (width - len(row)) + row for row in rows], device=self.device)
+        mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows], device=self.device)
+        handoff = prefill(self.artifact.prefill_model, ids, mask, first_token=self.first_token)
+        return handoff.to(device=self.artifact.decode_model.device, dtype=self.artifact.decode_model.dtype)
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
+        order = sorted(range(len(requests)), key=lambda i: -len(requests[i][1]) - len(requests[i][2]))
+        results: list[tuple[float, bool] | None] = [None] * len(requests)
+        batch = override_bs or self.batch_size
+        for start in range(0, len(order), batch):
+            chunk = order[start : start + batch]
+            contexts, continuations = [], []
+            for index in chunk:
+                _, context, continuation = requests[index]
+                if not continuation:
+                    raise ValueError("empty continuation")
+                whole = (context + continuation)[-(self.max_length + 1) :]
+                contexts.append(whole[: len(whole) - len(continuation)])
+                continuations.append(continuation)
+            width = max(len(c) for c in continuations)
+            cont_ids = torch.tensor([c + [0] * (width - len(c)) for c in continuations], device=self.device)
+            cont_mask = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c in continuations], device=self.device)
+            with torch.no_grad():
+                handoff = self._prefill(contexts)
+                logits = continuation_logits(self.artifact.decode_model, handoff, cont_ids, cont_mask)
+                logprobs = torch.log_softmax(logits.float(), dim=-1)
+            for row, index in enumerate(chunk):
+                length = len(continuations[row])
+                target = cont_ids[row, :length]
+                row_logprobs = logprobs[row, :length]
+                total = float(row_logprobs.gather(-1, target[:, None]).sum())
+                greedy = bool((row_logprobs.argmax(dim=-1) == target).all())
+                results[index] = (total, greedy)
+                cache_key = requests[index][0]
+                if cache_key is not None:
+                    self.cache_hook.add_partial("loglikelihood", cache_key, (total, greedy))
+        return results
+
+    def _model_generate(self, context, max_length: int, stop: list[str], **generation_kwargs):
+        """Generate through prefill → decode; returns context + new tokens like `model.generate`."""
+        attention_mask = generation_kwargs.pop("attention_mask", None)
+        if attention_mask is None:
+            attention_mask = (context != self.tokenizer.pad_token_id).long()
+        temperature = float(generation_kwargs.get("temperature", 0.0) or 0.0)
+        do_sample = generation_kwargs.get("do_sample")
+        if do_sample is False:
+            temperature = 0.0
+        config = SamplingConfig(
+            max_new_tokens=max(1, max_length - context.shape[1]),
+            temperature=temperature,
+            top_p=float(generation_kwargs.get("top_p", 1.0) or 1.0),
+            top_k=int(generation_kwargs.get("top_k", 0) or 0),
+            seed=generation_kwargs.get("seed"),
+        )
+        rows = [[] for _ in range(context.shape[0])]
+        texts = ["" for _ in rows]
+
+        def stop_check(row: int, token: int) -> bool:
+            rows[row].append(token)
+            texts[row] = self.tokenizer.decode(rows[row], skip_special_tokens=False)
+            return any(s and s in texts[row] for s in stop)
+
+        pad = self.tokenizer.pad_token_id or 0
+        with torch.no_grad():
+            ids = [row[mask.bool()].tolist() for row, mask in zip(context, attention_mask, strict=True)]
+            handoff = self._prefill(ids)
+            result = decode(self.artifact.decode_model, handoff, config, pad_token_id=pad, stop_check=stop_check)
+        width = max((len(t) for t in result.tokens), default=0)
+        new = torch.tensor([t + [pad] * (width - len(t)) for t in result.tokens], device=context.device)
+        return torch.cat([context, new.to(context.dtype)], dim=1)
