@@ -20,11 +20,14 @@ def test_wheel_layout_and_help(tmp_path):
     (wheel,) = tmp_path.glob("suntool-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     top_level = {name.split("/")[0] for name in names}
-    assert top_level == {"suntool", f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info"}
+    dist_info = f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info"
+    assert top_level == {"suntool", dist_info, "suntool_lm_eval.pth"}  # no top-level kernels/commands/evals
+    assert zipfile.ZipFile(wheel).read("suntool_lm_eval.pth").decode().startswith("import suntool.lm_eval_hook")
     for package in ("commands", "kernels", "evals"):
         assert f"suntool/{package}/__init__.py" in names
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "suntool = suntool.cli:main" in entry_points
+    assert "[lm_eval.models]" in entry_points and "suntool = suntool.lmeval:SuntoolLM" in entry_points
 
     target = tmp_path / "site"
     subprocess.run(
