@@ -123,6 +123,10 @@ def load_model(path: Path, *, dtype: str | None = None, device: str = "cpu", tru
         )
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{path}: transformers could not load the checkpoint: {err}") from err
+    from suntool.affine_attention import is_affine, load_affine
+
+    if is_affine(info.config):
+        load_affine(model, path)
     return model.to(device).eval()
 
 
