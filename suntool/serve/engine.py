@@ -1,0 +1,500 @@
+"""The serving engine: task models, a paged KV pool, prefill workers and a shared decode pool.
+
+    engine = Engine.from_artifacts(["art/math", "art/code"], config=EngineConfig(decode_workers=2))
+    seq = engine.submit("math", prompt_ids, SamplingParams(max_tokens=32), sink)   # sink(SequenceEvent)
+    engine.abort(seq)        # frees its blocks at the next step boundary
+    engine.stats()           # EngineStats: queue, blocks, batching, preemptions
+    engine.close()
+
+Every request goes: `submit` (admission: known model, fits the context, queue not full)
+→ its model's `PrefillWorker` (prompt K/V into paged blocks) → the least-loaded
+`DecodeWorker` of its decode group, which batches it with the running sequences of every
+model in that group, one token per forward, until EOS, a stop string, `max_tokens` or the
+context length. Events reach `sink` from engine threads; `sink` must return quickly.
+
+Threads, not processes (measured, see docs/serving.md): torch releases the GIL inside
+its ops, so prefill and decode workers run concurrently in one process, and the K/V
+handoff is a copy into a shared tensor pool instead of an IPC transfer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from suntool.errors import SuntoolError
+from suntool.serve.sequence import SamplingParams, Sequence, SequenceEvent
+
+if TYPE_CHECKING:
+    from suntool.serve.models import LoadedPlan
+
+log = logging.getLogger("suntool.serve")
+
+
+class UnknownModel(SuntoolError):
+    """The request names a model this engine does not serve."""
+
+
+class RequestTooLong(SuntoolError):
+    """The prompt (plus the tokens asked for) does not fit the model's context."""
+
+
+class QueueFull(SuntoolError):
+    """Admission control: too many requests are waiting already."""
+
+
+class EngineClosed(SuntoolError):
+    """The engine is shutting down and takes no new requests."""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the engine is laid out and sized (the `suntool serve` flags)."""
+
+    decode_workers: int = 1
+    share: bool = True  # False: the --no-share baseline (dedicated prefill and decode per model)
+    mode: str | None = None  # "sun" | "prefillshare"; None: whatever the artifacts are
+    kv_blocks: int | None = None  # None: as many as `kv_memory_gib` holds, at most 4096
+    block_size: int = 16
+    kv_memory_gib: float = 1.0
+    max_model_len: int | None = None  # None: the model's context, capped by the KV pool
+    max_queue: int = 256  # waiting (not yet decoding) requests before QueueFull
+    max_batch: int = 64  # sequences per decode forward and per prefill batch
+    max_prefill_tokens: int = 4096  # padded tokens per prefill forward
+    prefix_cache: bool = True
+    dtype: str | None = None  # None: float32 on CPU (bf16 matmuls are slow there), the checkpoint's elsewhere
+    device: str = "cpu"
+    allow_mismatch: bool = False
+    torch_threads: int | None = None  # None: torch's default
+
+    def validate(self) -> None:
+        checks = [
+            (self.decode_workers >= 1, f"--decode-workers must be at least 1, got {self.decode_workers}"),
+            (self.block_size >= 1, f"--block-size must be at least 1, got {self.block_size}"),
+            (self.kv_blocks is None or self.kv_blocks >= 1, f"--kv-blocks must be at least 1, got {self.kv_blocks}"),
+            (self.max_queue >= 1, f"--max-queue must be at least 1, got {self.max_queue}"),
+            (self.max_batch >= 1, f"--max-batch must be at least 1, got {self.max_batch}"),
+            (self.max_model_len is None or self.max_model_len >= 2,
+             f"--max-model-len must be at least 2, got {self.max_model_len}"),
+            (self.torch_threads is None or self.torch_threads >= 1,
+             f"--torch-threads must be at least 1, got {self.torch_threads}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise SuntoolError(message)
+
+
+class EngineObserver:
+    """Hooks the server's metrics implement; called from engine threads, must be quick."""
+
+    def on_scheduled(self, seq: Sequence) -> None: ...
+    def on_first_token(self, seq: Sequence) -> None: ...
+    def on_finish(self, seq: Sequence) -> None: ...
+    def on_step(self, batch_size: int, num_models: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    waiting: int
+    running: int
+    kv_blocks_total: int
+    kv_blocks_used: int
+    kv_blocks_free: int
+    kv_blocks_cached: int
+    decode_steps: int
+    mixed_model_steps: int  # decode forwards whose batch held sequences of two or more task models
+    max_models_in_step: int
+    max_batch_size: int
+    preemptions: int
+    prefix_hit_tokens: int
+    prompt_tokens: int
+    generated_tokens: int
+    finished: int
+    aborted: int
+
+
+@dataclass
+class PrefillGroup:
+    """One prefill half and the worker that runs it for its models."""
+
+    key: str
+    model: Any
+    salt: str
+    first_token: str
+    pad_token_id: int
+    prefix_cache: bool
+    models: tuple[str, ...]
+    worker: Any = None
+
+    def prefill_end(self, seq: Sequence) -> int:
+        """Prompt tokens whose K/V the prefill half computes (all but the last under the decode convention)."""
+        return len(seq.prompt_ids) - 1 if self.first_token == "decode" else len(seq.prompt_ids)
+
+
+@dataclass
+class DecodeGroup:
+    """One decode half and the workers that may run its sequences."""
+
+    key: str
+    model: Any
+    models: tuple[str, ...]
+    workers: list = field(default_factory=list)
+
+
+@dataclass
+class ServedModel:
+    """A task model as the API exposes it."""
+
+    name: str
+    ref: Any
+    tokenizer: Any
+    tokenizer_lock: threading.Lock
+    prefill: PrefillGroup
+    decode: DecodeGroup
+    eos_ids: frozenset[int]
+    max_model_len: int
+    has_chat_template: bool
+
+    def encode(self, text: str, *, add_special_tokens: bool) -> list[int]:
+        with self.tokenizer_lock:
+            return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+    def render_chat(self, messages: list[dict]) -> str:
+        with self.tokenizer_lock:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def forward_paged(pool, model, seq: Sequence, start: int, end: int):
+    """Run tokens[start:end] of one sequence over its cached history; their K/V land in its blocks."""
+    import torch
+
+    from suntool.handoff import forward_with_cache
+
+    tokens = seq.tokens[start:end]
+    history = pool.history_slots([seq.block_table], [start])
+    new_slots = pool.slots([seq.block_table], [start], end - start)
+    device = model.device
+    ids = torch.tensor([tokens], dtype=torch.long, device=device)
+    mask = torch.ones((1, end), dtype=torch.long, device=device)
+    return forward_with_cache(model, ids, mask, pool.step_cache(history, new_slots))
+
+
+def _has_sliding_layers(model) -> bool:
+    from transformers import DynamicCache
+
+    return any(DynamicCache(config=model.config).is_sliding)
+
+
+def _context_limit(model) -> int | None:
+    config = model.config.get_text_config(decoder=True)
+    return getattr(config, "max_position_embeddings", None)
+
+
+class Engine:
+    """Serves several task models over one paged KV pool; see the module docstring."""
+
+    def __init__(self, loaded: LoadedPlan, config: EngineConfig | None = None,
+                 observer: EngineObserver | None = None):
+        import torch
+
+        from suntool.serve.kv_blocks import RESERVED_BLOCKS, BlockAllocator, KVPool
+        from suntool.serve.scheduler import DecodeWorker, PrefillWorker
+
+        config = config or EngineConfig()
+        config.validate()
+        self.config, self.loaded, self.observer = config, loaded, observer or EngineObserver()
+        plan = loaded.plan
+        self.mode, self.share = plan.mode, plan.share
+        if config.torch_threads:
+            torch.set_num_threads(config.torch_threads)
+
+        first = loaded.group_model(plan.models[0].decode_group)
+        geometry = KVPool.geometry(first.config)
+        dtype = first.dtype
+        if config.kv_blocks is not None:
+            num_blocks = config.kv_blocks + RESERVED_BLOCKS
+        else:
+            per_block = KVPool.bytes_per_block(geometry, config.block_size, torch.empty((), dtype=dtype).element_size())
+            num_blocks = max(8, min(4096, int(config.kv_memory_gib * 2**30 // per_block))) + RESERVED_BLOCKS
+        self.allocator = BlockAllocator(num_blocks, config.block_size)
+        self.pool = KVPool(**geometry, num_blocks=num_blocks, block_size=config.block_size, dtype=dtype,
+                           device=first.device)
+        self.watermark = max(1, self.allocator.capacity // 100)
+        self.resources = threading.Condition()  # notified whenever blocks are freed
+
+        self.prefill_groups: dict[str, PrefillGroup] = {}
+        self.decode_groups: dict[str, DecodeGroup] = {}
+        self.models: dict[str, ServedModel] = {}
+        capacity_tokens = self.allocator.capacity * config.block_size
+        for spec in plan.models:
+            tokenizer = loaded.tokenizers[spec.name]
+            prefill_spec = plan.groups[spec.prefill_group]
+            if spec.prefill_group not in self.prefill_groups:
+                model = loaded.group_model(spec.prefill_group)
+                self.prefill_groups[spec.prefill_group] = PrefillGroup(
+                    key=spec.prefill_group, model=model, salt=spec.prefill_group,
+                    first_token=spec.ref.manifest.handoff.first_token,
+                    pad_token_id=tokenizer.pad_token_id or 0,
+                    prefix_cache=config.prefix_cache and not _has_sliding_layers(model),
+                    models=prefill_spec.models,
+                )
+            if spec.decode_group not in self.decode_groups:
+                self.decode_groups[spec.decode_group] = DecodeGroup(
+                    key=spec.decode_group, model=loaded.group_model(spec.decode_group),
+                    models=plan.groups[spec.decode_group].models,
+                )
+            prefill, decode = self.prefill_groups[spec.prefill_group], self.decode_groups[spec.decode_group]
+            limits = [n for n in (_context_limit(prefill.model), _context_limit(decode.model)) if n]
+            model_limit = min(limits) if limits else capacity_tokens
+            if config.max_model_len is not None and config.max_model_len > model_limit:
+                raise SuntoolError(
+                    f"--max-model-len {config.max_model_len} exceeds {spec.name}'s context of {model_limit} tokens"
+                )
+            max_model_len = min(config.max_model_len or model_limit, capacity_tokens)
+            eos = decode.model.generation_config.eos_token_id if decode.model.generation_config else None
+            eos = eos if eos is not None else tokenizer.eos_token_id
+            eos_ids = frozenset(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+            self.models[spec.name] = ServedModel(
+                name=spec.name, ref=spec.ref, tokenizer=tokenizer, tokenizer_lock=threading.Lock(),
+                prefill=prefill, decode=decode, eos_ids=eos_ids, max_model_len=max_model_len,
+                has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
+            )
+
+        self._lock = threading.Lock()
+        self._live: set[Sequence] = set()
+        self._counts = dict(waiting=0, running=0, decode_steps=0, mixed_model_steps=0, max_models_in_step=0,
+                            max_batch_size=0, preemptions=0, prefix_hit_tokens=0, prompt_tokens=0,
+                            generated_tokens=0, finished=0, aborted=0)
+        self._closed = False
+
+        groups = list(self.decode_groups.values())
+        workers = [DecodeWorker(self, i, []) for i in range(config.decode_workers)]
+        if len(groups) == 1:
+            assignment = {0: list(range(len(workers)))}
+        elif len(workers) >= len(groups):
+            assignment = {g: [w for w in range(len(workers)) if w % len(groups) == g] for g in range(len(groups))}
+        else:
+            assignment = {g: [g % len(workers)] for g in range(len(groups))}
+        for g, worker_ids in assignment.items():
+            for w in worker_ids:
+                groups[g].workers.append(workers[w])
+                workers[w].groups.append(groups[g])
+        self.decode_workers = workers
+        for group in self.prefill_groups.values():
+            group.worker = PrefillWorker(self, group)
+        for thread in [g.worker for g in self.prefill_groups.values()] + workers:
+            thread.start()
+
+    # -- construction --------------------------------------------------------------------------------------------
+    @classmethod
+    def from_artifacts(cls, paths: list[str], *, names: list[str] | None = None, config: EngineConfig | None = None,
+                       observer: EngineObserver | None = None, progress: Callable[[str], None] | None = None):
+        from suntool.serve.models import load_plan, plan_models
+
+        config = config or EngineConfig()
+        config.validate()
+        plan = plan_models([str(p) for p in paths], names=names, share=config.share, mode=config.mode,
+                           allow_mismatch=config.allow_mismatch)
+        dtype = config.dtype or ("float32" if config.device == "cpu" else None)
+        loaded = load_plan(plan, dtype=dtype, device=config.device, progress=progress)
+        return cls(loaded, config, observer)
+
+    # -- requests ------------------------------------------------------------------------------------------------
+    def model(self, name: str) -> ServedModel:
+        try:
+            return self.models[name]
+        except KeyError:
+            raise UnknownModel(f"the model {name!r} does not exist; this server has {sorted(self.models)}") from None
+
+    def check_fits(self, model: ServedModel, prompt_tokens: int, max_tokens: int) -> None:
+        """Raise RequestTooLong unless `prompt_tokens + max_tokens` fit the model's context."""
+        limit = model.max_model_len
+        if prompt_tokens < 1:
+            raise RequestTooLong("the prompt is empty; send at least one token")
+        if prompt_tokens + max_tokens > limit:
+            raise RequestTooLong(
+                f"this model's maximum context length is {limit} tokens, but {prompt_tokens + max_tokens} were "
+                f"requested ({prompt_tokens} in the prompt, {max_tokens} for the completion); "
+                "shorten the prompt or lower max_tokens"
+            )
+
+    def submit(self, model_name: str, prompt_ids: list[int], params: SamplingParams,
+               sink: Callable[[SequenceEvent], None]) -> Sequence:
+        """Admit a request; events go to `sink`. Raises UnknownModel, RequestTooLong, QueueFull, EngineClosed."""
+        from suntool.generation import _RowText
+
+        model = self.model(model_name)
+        self.check_fits(model, len(prompt_ids), params.max_tokens)
+        seq = Sequence(model=model, prompt_ids=list(prompt_ids), params=params, sink=sink)
+        seq.text = _RowText(model.tokenizer, params.stop)
+        with self._lock:
+            if self._closed:
+                raise EngineClosed("the server is shutting down; retry against another instance")
+            if self._counts["waiting"] >= self.config.max_queue:
+                raise QueueFull(f"{self._counts['waiting']} requests are waiting already (--max-queue); retry later")
+            self._counts["waiting"] += 1
+            self._counts["prompt_tokens"] += len(prompt_ids)
+            self._live.add(seq)
+        seq.stage = "waiting"
+        model.prefill.worker.add(seq)
+        return seq
+
+    def abort(self, seq: Sequence) -> None:
+        """Stop a request (client gone); its blocks are freed by the thread that owns it, or here."""
+        if seq.finished:
+            return
+        seq.aborted = True
+        if seq.stage == "waiting" and seq.model.prefill.worker.remove(seq):
+            self.finish(seq, "abort")
+            return
+        worker = seq.worker
+        if worker is not None:
+            worker.wake()
+        with self.resources:
+            self.resources.notify_all()
+
+    # -- called by the workers -----------------------------------------------------------------------------------
+    def init_thread(self) -> None:
+        if self.config.torch_threads:
+            import torch
+
+            torch.set_num_threads(self.config.torch_threads)
+
+    def scheduled(self, seq: Sequence) -> None:
+        first = seq.scheduled is None
+        if first:
+            seq.scheduled = time.perf_counter()
+        with self._lock:
+            self._counts["prefix_hit_tokens"] += seq.prefix_hit_tokens
+        if first:
+            self.observer.on_scheduled(seq)
+
+    def route(self, seq: Sequence) -> None:
+        """Hand a prefilled sequence to the least-loaded decode worker of its group."""
+        worker = min(seq.model.decode.workers, key=lambda w: w.load)
+        with self._lock:
+            self._counts["waiting"] -= 1
+            self._counts["running"] += 1
+        seq.stage = "running"
+        worker.add(seq)
+
+    def preempt(self, seq: Sequence) -> None:
+        """Free a running sequence's blocks and queue it for recompute at the front of its prefill worker."""
+        blocks, seq.block_table = seq.block_table, []
+        seq.num_cached = seq.prefix_hit_tokens = seq.prefix_blocks = 0
+        seq.worker = None
+        seq.preemptions += 1
+        self.allocator.free(blocks)
+        with self._lock:
+            self._counts["running"] -= 1
+            self._counts["waiting"] += 1
+            self._counts["preemptions"] += 1
+        seq.stage = "waiting"
+        seq.model.prefill.worker.add(seq, front=True)
+        with self.resources:
+            self.resources.notify_all()
+
+    def observe_step(self, batch: list[Sequence]) -> None:
+        models = len({seq.model.name for seq in batch})
+        with self._lock:
+            counts = self._counts
+            counts["decode_steps"] += 1
+            counts["mixed_model_steps"] += models > 1
+            counts["max_models_in_step"] = max(counts["max_models_in_step"], models)
+            counts["max_batch_size"] = max(counts["max_batch_size"], len(batch))
+        self.observer.on_step(len(batch), models)
+
+    def accept(self, seq: Sequence, token: int) -> bool:
+        """Append a generated token, emit its text; True when that finished the sequence."""
+        now = time.perf_counter()
+        seq.output_ids.append(token)
+        seq.pending_tokens.append(token)
+        if seq.first_token is None:
+            seq.first_token = now
+            self.observer.on_first_token(seq)
+        seq.last_token = now
+        with self._lock:
+            self._counts["generated_tokens"] += 1
+        model, params = seq.model, seq.params
+        with model.tokenizer_lock:
+            delta = seq.text.push(token)
+        reason = None
+        if not params.ignore_eos and token in model.eos_ids or seq.text.stopped:
+            reason = "stop"
+        elif len(seq.output_ids) >= params.max_tokens or seq.length >= model.max_model_len:
+            reason = "length"
+        if reason is not None:
+            self.finish(seq, reason, text=delta)
+            return True
+        if seq.aborted:
+            return False
+        if delta:
+            ids, seq.pending_tokens = tuple(seq.pending_tokens), []
+            self._emit(seq, SequenceEvent(text=delta, token_ids=ids))
+        return False
+
+    def finish(self, seq: Sequence, reason: str, *, text: str = "", error: Exception | None = None) -> None:
+        """End a sequence (owner thread only): free its blocks, count it, send the last event."""
+        if seq.finished:
+            return
+        seq.finished, seq.finish_reason, seq.finish_time = True, reason, time.perf_counter()
+        if reason in ("stop", "length"):
+            with seq.model.tokenizer_lock:
+                text += seq.text.flush()
+        blocks, seq.block_table = seq.block_table, []
+        if blocks:
+            self.allocator.free(blocks)
+        with self._lock:
+            self._counts[seq.stage] -= 1
+            self._counts["aborted" if reason == "abort" else "finished"] += 1
+            self._live.discard(seq)
+        seq.stage = "done"
+        with self.resources:
+            self.resources.notify_all()
+        self.observer.on_finish(seq)
+        ids, seq.pending_tokens = tuple(seq.pending_tokens), []
+        self._emit(seq, SequenceEvent(text=text, token_ids=ids, finish_reason=reason if error is None else "error",
+                                      prompt_tokens=len(seq.prompt_ids), completion_tokens=len(seq.output_ids)))
+
+    def _emit(self, seq: Sequence, event: SequenceEvent) -> None:
+        try:
+            seq.sink(event)
+        except Exception:  # a sink that fails must not take an engine thread down
+            log.exception("the event sink of %s failed", seq.request_id)
+
+    # -- state ---------------------------------------------------------------------------------------------------
+    def stats(self) -> EngineStats:
+        allocator = self.allocator
+        with self._lock:
+            counts = dict(self._counts)
+        return EngineStats(
+            kv_blocks_total=allocator.capacity, kv_blocks_used=allocator.num_used, kv_blocks_free=allocator.num_free,
+            kv_blocks_cached=allocator.num_cached, **counts,
+        )
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Refuse new requests, abort what is left, stop and join the threads."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            live = list(self._live)
+        for seq in live:
+            self.abort(seq)
+        threads = [g.worker for g in self.prefill_groups.values()] + self.decode_workers
+        for thread in threads:
+            thread.stop()
+        with self.resources:
+            self.resources.notify_all()
+        for thread in threads:
+            thread.join(timeout)
+        for seq in list(self._live):  # in a prefill queue when its worker stopped
+            self.finish(seq, "abort")

@@ -1,0 +1,357 @@
+"""The engine's threads: one prefill worker per prefill group, N decode workers.
+
+`PrefillWorker` owns a FIFO of waiting sequences for one prefill half. It takes the head,
+waits until the pool has blocks for it (and, for new requests, a small watermark so
+running sequences can grow), batches further new prompts behind it up to
+`max_prefill_tokens` padded tokens, and runs them:
+
+- new prompts without a prefix-cache hit: one left-padded `suntool.handoff.prefill` over
+  the batch; its transformers cache is copied into the sequences' blocks;
+- a prompt with a prefix-cache hit, or a preempted sequence being recomputed: alone,
+  through a `PagedStepCache` (history read from its blocks, new K/V written into them);
+  a recomputed sequence then catches up its generated tokens with its decode half, so
+  its K/V is what it was before preemption.
+
+Full blocks computed by a prefill half are registered in the prefix cache, salted with
+the prefill group's identity, so hits happen across every model of a shared prefill.
+Then the sequence goes to the least-loaded decode worker of its decode group.
+
+`DecodeWorker` owns the sequences routed to it. Each iteration it admits its inbox,
+drops aborted sequences, and per decode group runs ONE forward over up to `max_batch` of
+its running sequences, whatever task model each belongs to (continuous batching: a
+sequence joins at the next step after its prefill and leaves when it finishes). Before
+the forward every sequence gets a slot for its new token; when the pool is out of blocks
+the newest sequence of the worker is preempted (blocks freed, sent back to its prefill
+worker for recompute) until the older ones fit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from typing import TYPE_CHECKING
+
+from suntool.serve.kv_blocks import OutOfBlocks, block_hashes
+
+if TYPE_CHECKING:
+    from suntool.serve.engine import DecodeGroup, Engine, PrefillGroup
+    from suntool.serve.sequence import Sequence
+
+log = logging.getLogger("suntool.serve")
+
+
+class PrefillWorker(threading.Thread):
+    """Runs the prompts of one prefill group and hands the sequences to the decode pool."""
+
+    def __init__(self, engine: Engine, group: PrefillGroup):
+        super().__init__(name=f"prefill:{group.key}", daemon=True)
+        self.engine, self.group = engine, group
+        self.queue: deque[Sequence] = deque()
+        self.cond = threading.Condition()
+        self.stopping = False
+
+    # -- queue -----------------------------------------------------------------------------------
+    def add(self, seq: Sequence, *, front: bool = False) -> None:
+        with self.cond:
+            (self.queue.appendleft if front else self.queue.append)(seq)
+            self.cond.notify()
+
+    def remove(self, seq: Sequence) -> bool:
+        """Take `seq` out of the queue if it is still there (the caller then owns it)."""
+        with self.cond:
+            try:
+                self.queue.remove(seq)
+            except ValueError:
+                return False
+            return True
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+
+    def __len__(self) -> int:
+        return len(self.queue)
+
+    # -- loop ------------------------------------------------------------------------------------
+    def run(self) -> None:
+        import torch
+
+        self.engine.init_thread()
+        with torch.inference_mode():
+            while True:
+                batch = self._next_batch()
+                if batch is None:
+                    return
+                try:
+                    self._run_batch(batch)
+                except Exception as err:  # a bug: fail these requests, keep serving the others
+                    log.exception("prefill of %d sequences failed", len(batch))
+                    for seq in batch:
+                        self.engine.finish(seq, "error", error=err)
+
+    def _pop(self) -> Sequence | None:
+        with self.cond:
+            while not self.queue and not self.stopping:
+                self.cond.wait()
+            if self.stopping:
+                return None
+            return self.queue.popleft()
+
+    def _next_batch(self) -> list[Sequence] | None:
+        engine = self.engine
+        while True:
+            head = self._pop()
+            if head is None:
+                return None
+            if head.aborted:
+                engine.finish(head, "abort")
+                continue
+            if not self._reserve(head, wait=True):
+                if head.aborted:
+                    engine.finish(head, "abort")
+                    continue
+                return None  # stopping
+            batch = [head]
+            if self._solo(head):
+                return batch
+            width = head.length
+            while len(batch) < engine.config.max_batch:
+                with self.cond:
+                    if not self.queue:
+                        break
+                    nxt = self.queue[0]
+                    too_wide = max(width, nxt.length) * (len(batch) + 1) > engine.config.max_prefill_tokens
+                    if nxt.aborted or nxt.output_ids or too_wide or not self._reserve(nxt, wait=False):
+                        break
+                    if self._solo(nxt):  # a prefix hit: it keeps its blocks and runs alone next
+                        break
+                    self.queue.popleft()
+                batch.append(nxt)
+                width = max(width, nxt.length)
+            return batch
+
+    def _solo(self, seq: Sequence) -> bool:
+        """Recomputed sequences and prefix-cache hits run alone through the paged cache."""
+        return bool(seq.output_ids) or seq.prefix_hit_tokens > 0
+
+    def _reserve(self, seq: Sequence, *, wait: bool) -> bool:
+        """Give `seq` its prefix-cache hits and blocks for its cached tokens; wait for blocks if asked."""
+        engine, allocator = self.engine, self.engine.allocator
+        if not seq.block_table and self.group.prefix_cache:
+            # the last prompt token is always computed (the prefill convention needs its logits)
+            cacheable = seq.prompt_ids[:-1]
+            hits = allocator.match_prefix(block_hashes(cacheable, allocator.block_size, self.group.salt))
+            seq.block_table = hits
+            seq.prefix_hit_tokens = len(hits) * allocator.block_size
+        need = allocator.blocks_for(seq.length - 1) - len(seq.block_table)
+        reserve = 0 if seq.output_ids else min(engine.watermark, allocator.capacity - need)
+        while True:
+            with engine.resources:
+                try:
+                    if need > 0 and allocator.num_free - need < reserve:
+                        raise OutOfBlocks
+                    seq.block_table += allocator.allocate(max(need, 0))
+                    return True
+                except OutOfBlocks:
+                    if not wait:
+                        return False
+                    engine.resources.wait_for(
+                        lambda: allocator.num_free - need >= reserve or seq.aborted or self.stopping
+                    )
+                    if seq.aborted or self.stopping:
+                        return False
+
+    def _run_batch(self, batch: list[Sequence]) -> None:
+        engine = self.engine
+        for seq in batch:
+            engine.scheduled(seq)
+        if len(batch) == 1 and self._solo(batch[0]):
+            first_logits = self._run_paged(batch[0])
+        else:
+            first_logits = self._run_handoff(batch)
+        for row, seq in enumerate(batch):
+            self._register_prefix(seq)
+            if seq.aborted:
+                engine.finish(seq, "abort")
+                continue
+            if first_logits is not None and not seq.output_ids:
+                from suntool.serve.sampling import choose_tokens
+
+                token = choose_tokens(first_logits[row : row + 1], [seq])[0]
+                if engine.accept(seq, token):
+                    continue
+            engine.route(seq)
+
+    def _run_handoff(self, batch: list[Sequence]):
+        """New prompts, batched: `suntool.handoff.prefill` then copy its cache into the blocks."""
+        import torch
+
+        from suntool.handoff import prefill
+
+        group, pool = self.group, self.engine.pool
+        width = max(seq.length for seq in batch)
+        ids = torch.full((len(batch), width), group.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, seq in enumerate(batch):
+            ids[row, width - seq.length :] = torch.tensor(seq.prompt_ids)
+            mask[row, width - seq.length :] = 1
+        device = group.model.device
+        handoff = prefill(group.model, ids.to(device), mask.to(device), first_token=group.first_token)
+        cached = width - 1 if group.first_token == "decode" else width
+        rows = []
+        for seq in batch:
+            count = group.prefill_end(seq)
+            rows.append((cached - count, count, seq.block_table))
+            seq.num_cached = count
+            seq.prefix_blocks = count // pool.block_size if group.prefix_cache else 0
+        pool.write_dynamic_cache(handoff.cache, rows, cached)
+        return handoff.first_logits
+
+    def _run_paged(self, seq: Sequence):
+        """One sequence through the paged cache: the prompt after its prefix hit, then any catch-up."""
+        from suntool.serve.engine import forward_paged
+
+        group, first_logits = self.group, None
+        start, end = seq.prefix_hit_tokens, group.prefill_end(seq)
+        if end > start:
+            logits = forward_paged(self.engine.pool, group.model, seq, start, end)
+            if group.first_token == "prefill":
+                first_logits = logits[:, -1]
+        seq.num_cached = end
+        seq.prefix_blocks = end // self.engine.pool.block_size if group.prefix_cache else 0
+        if seq.output_ids:  # recompute after preemption: the decode half rebuilds the generated tokens' K/V
+            forward_paged(self.engine.pool, seq.model.decode.model, seq, end, seq.length - 1)
+            seq.num_cached = seq.length - 1
+        return first_logits
+
+    def _register_prefix(self, seq: Sequence) -> None:
+        if not seq.prefix_blocks:
+            return
+        allocator = self.engine.allocator
+        hashes = block_hashes(seq.prompt_ids[: seq.prefix_blocks * allocator.block_size], allocator.block_size,
+                              self.group.salt)
+        for block, digest in zip(seq.block_table, hashes, strict=False):
+            allocator.register(block, digest)
+        seq.prefix_blocks = 0
+
+
+class DecodeWorker(threading.Thread):
+    """Continuous batching over the sequences routed to it, one forward per decode group per step."""
+
+    def __init__(self, engine: Engine, index: int, groups: list[DecodeGroup]):
+        super().__init__(name=f"decode:{index}", daemon=True)
+        self.engine, self.index, self.groups = engine, index, groups
+        self.inbox: list[Sequence] = []
+        self.running: list[Sequence] = []
+        self.cond = threading.Condition()
+        self.stopping = False
+
+    @property
+    def load(self) -> int:
+        return len(self.running) + len(self.inbox)
+
+    def add(self, seq: Sequence) -> None:
+        with self.cond:
+            seq.worker = self
+            self.inbox.append(seq)
+            self.cond.notify()
+
+    def wake(self) -> None:
+        with self.cond:
+            self.cond.notify()
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+
+    def run(self) -> None:
+        import torch
+
+        self.engine.init_thread()
+        with torch.inference_mode():
+            while True:
+                with self.cond:
+                    while not self.inbox and not self.running and not self.stopping:
+                        self.cond.wait()
+                    if self.stopping:
+                        leftover = self.running + self.inbox
+                        self.running, self.inbox = [], []
+                        break
+                    self.running.extend(self.inbox)
+                    self.inbox.clear()
+                for seq in [s for s in self.running if s.aborted]:
+                    self.running.remove(seq)
+                    self.engine.finish(seq, "abort")
+                for group in self.groups:
+                    batch = [s for s in self.running if s.model.decode is group][: self.engine.config.max_batch]
+                    if batch:
+                        self._step(group, batch)
+                        # round-robin when more sequences run than fit one forward
+                        stepped = set(map(id, batch))
+                        self.running = [s for s in self.running if id(s) not in stepped] + [
+                            s for s in self.running if id(s) in stepped
+                        ]
+                self.running = [s for s in self.running if not s.finished and s.worker is self]
+        for seq in leftover:
+            self.engine.finish(seq, "abort")
+
+    def _preempt_for(self, seq: Sequence, ready: list[Sequence]) -> bool:
+        """Free blocks by preempting the newest other sequence; False if `seq` itself had to go."""
+        candidates = [s for s in self.running if not s.finished and s.worker is self]
+        victim = max(candidates + [seq], key=lambda s: s.arrival)
+        if victim in ready:
+            ready.remove(victim)
+        self.engine.preempt(victim)
+        return victim is not seq
+
+    def _step(self, group: DecodeGroup, batch: list[Sequence]) -> None:
+        engine, allocator = self.engine, self.engine.allocator
+        ready: list[Sequence] = []
+        for seq in sorted(batch, key=lambda s: s.arrival):
+            if seq.finished or seq.worker is not self:
+                continue
+            while seq.num_cached // allocator.block_size >= len(seq.block_table):
+                try:
+                    seq.block_table += allocator.allocate(1)
+                except OutOfBlocks:
+                    if not self._preempt_for(seq, ready):
+                        break
+            if seq.worker is self and not seq.finished:
+                ready.append(seq)
+        if not ready:
+            return
+        try:
+            tokens = self._forward(group, ready)
+        except Exception as err:  # a bug: fail this batch, keep serving
+            log.exception("decode step over %d sequences failed", len(ready))
+            for seq in ready:
+                self.running.remove(seq)
+                engine.finish(seq, "error", error=err)
+            return
+        engine.observe_step(ready)
+        for seq, token in zip(ready, tokens, strict=True):
+            seq.num_cached += 1
+            engine.accept(seq, token)
+
+    def _forward(self, group: DecodeGroup, ready: list[Sequence]) -> list[int]:
+        import torch
+
+        from suntool.handoff import forward_with_cache
+        from suntool.serve.sampling import choose_tokens
+
+        pool = self.engine.pool
+        tables = [s.block_table for s in ready]
+        lengths = [s.num_cached for s in ready]
+        history = pool.history_slots(tables, lengths)
+        new_slots = pool.slots(tables, lengths, 1)
+        width = history.shape[1]
+        length = torch.tensor(lengths)
+        mask = (torch.arange(width + 1)[None, :] >= (width - length)[:, None]).long()
+        ids = torch.tensor([s.output_ids[-1] if s.output_ids else s.prompt_ids[-1] for s in ready])[:, None]
+        device = group.model.device
+        logits = forward_with_cache(group.model, ids.to(device), mask.to(device), pool.step_cache(history, new_slots))
+        return choose_tokens(logits[:, -1], ready)
+
