@@ -1,0 +1,134 @@
+"""Paged decode attention: reference vs dense SDPA, Triton kernel (interpreter) vs reference, input errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from suntool.errors import SuntoolError
+from suntool.kernels.paged_attention import paged_attention, paged_attention_ref, paged_attention_triton
+from tests.kernel_conftest_helpers import (
+    DTYPES,
+    assert_close,
+    compile_launches_for_gpu,
+    dtype_id,
+    use_interpreter,
+)
+
+pytestmark = pytest.mark.triton
+
+
+@pytest.fixture(autouse=True)
+def _interpreter(monkeypatch):
+    use_interpreter(monkeypatch)
+
+
+def paged_inputs(seq_lens, hq, hkv, d, block_size, dtype, seed=0, spare_blocks=3):
+    """Random K/V scattered over shuffled physical blocks; also returns each sequence's dense K/V."""
+    gen = torch.Generator().manual_seed(seed)
+    b = len(seq_lens)
+    per_seq = [-(-n // block_size) for n in seq_lens]
+    num_blocks = sum(per_seq) + spare_blocks
+    k_cache = torch.randn(num_blocks, block_size, hkv, d, generator=gen).to(dtype)
+    v_cache = torch.randn(num_blocks, block_size, hkv, d, generator=gen).to(dtype)
+    order = torch.randperm(num_blocks, generator=gen)
+    block_tables = torch.full((b, max(per_seq) + 1), num_blocks - 1, dtype=torch.int32)  # junk past the end
+    dense, used = [], 0
+    for i, (n, nb) in enumerate(zip(seq_lens, per_seq, strict=True)):
+        block_tables[i, :nb] = order[used : used + nb].to(torch.int32)
+        used += nb
+        ids = block_tables[i, :nb].long()
+        dense.append((k_cache[ids].reshape(-1, hkv, d)[:n], v_cache[ids].reshape(-1, hkv, d)[:n]))
+    q = torch.randn(b, hq, d, generator=gen).to(dtype)
+    lens = torch.tensor(seq_lens, dtype=torch.int32)
+    return (q, k_cache, v_cache, block_tables, lens), dense
+
+
+@pytest.mark.parametrize("hq,hkv", [(4, 4), (4, 2), (6, 1)])
+@pytest.mark.parametrize("window", [None, 4])
+def test_reference_equals_sdpa_on_dense_copy(hq, hkv, window):
+    seq_lens = [1, 7, 16, 17, 30]
+    (q, kc, vc, bt, lens), dense = paged_inputs(seq_lens, hq, hkv, 24, 8, torch.float32)
+    out = paged_attention_ref(q, kc, vc, bt, lens, sliding_window=window)
+    for i, (k, v) in enumerate(dense):
+        if window is not None:
+            k, v = k[-window:], v[-window:]
+        k = k.transpose(0, 1)[None]  # [1, Hkv, n, D]
+        v = v.transpose(0, 1)[None]
+        expected = F.scaled_dot_product_attention(q[i][None, :, None, :], k, v, enable_gqa=True)
+        torch.testing.assert_close(out[i], expected[0, :, 0, :], atol=1e-5, rtol=1e-5)
+
+
+def test_reference_softcap_and_scale_follow_gemma2_formula():
+    (q, kc, vc, bt, lens), dense = paged_inputs([5, 12], 2, 1, 16, 4, torch.float32)
+    out = paged_attention_ref(q, kc, vc, bt, lens, scale=0.3, softcap=2.5)
+    for i, (k, v) in enumerate(dense):
+        scores = torch.einsum("hd,nd->hn", q[i], k[:, 0]) * 0.3
+        probs = torch.softmax(torch.tanh(scores / 2.5) * 2.5, dim=-1)
+        torch.testing.assert_close(out[i], probs @ v[:, 0], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(out, paged_attention_ref(q, kc, vc, bt, lens, scale=0.3), atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize(
+    ("block_size", "seq_lens", "hq", "hkv", "d"),
+    [
+        (16, [1, 15, 16, 17], 4, 2, 32),  # lengths 1 and block_size-1/+0/+1, GQA
+        (5, [9, 1, 11], 3, 1, 24),  # non-power-of-two block size and head dim, MQA
+    ],
+)
+@pytest.mark.parametrize(
+    "options", [{}, {"sliding_window": 6, "softcap": 5.0}], ids=["plain", "window+softcap"]
+)
+def test_triton_matches_reference(dtype, block_size, seq_lens, hq, hkv, d, options):
+    args, _ = paged_inputs(seq_lens, hq, hkv, d, block_size, dtype)
+    got = paged_attention_triton(*args, **options)
+    assert_close(got, paged_attention_ref(*args, **options))
+
+
+def test_triton_window_longer_than_sequence_and_strided_query():
+    args, _ = paged_inputs([3, 20], 4, 2, 16, 8, torch.float32)
+    q = torch.randn(2, 16, 4).transpose(1, 2)  # [B, Hq, D] with a non-unit head stride
+    args = (q, *args[1:])
+    assert_close(paged_attention_triton(*args, sliding_window=100), paged_attention_ref(*args))
+    assert_close(
+        paged_attention_triton(*args, sliding_window=1), paged_attention_ref(*args, sliding_window=1)
+    )
+
+
+def test_dispatcher_uses_kernel_in_interpreter(monkeypatch):
+    import suntool.kernels.paged_attention as mod
+
+    calls = []
+    real = mod._launch
+    monkeypatch.setattr(mod, "_launch", lambda *a: calls.append(1) or real(*a))
+    args, _ = paged_inputs([4, 9], 2, 2, 16, 4, torch.float32)
+    assert_close(paged_attention(*args), paged_attention_ref(*args))
+    assert calls == [1]
+    monkeypatch.setenv("SUNTOOL_KERNELS", "ref")
+    assert_close(paged_attention(*args), paged_attention_ref(*args))
+    assert calls == [1]
+
+
+@pytest.mark.parametrize("impl", [paged_attention, paged_attention_ref, paged_attention_triton])
+def test_empty_batch_and_zero_length_rejected(impl):
+    args, _ = paged_inputs([4, 9], 2, 2, 16, 4, torch.float32)
+    q, kc, vc, bt, lens = args
+    with pytest.raises(SuntoolError, match="empty batch"):
+        impl(q[:0], kc, vc, bt[:0], lens[:0])
+    with pytest.raises(SuntoolError, match="seq_len 0"):
+        impl(q, kc, vc, bt, torch.tensor([4, 0], dtype=torch.int32))
+    with pytest.raises(SuntoolError, match="capacity"):
+        impl(q, kc, vc, bt, torch.tensor([4, 99], dtype=torch.int32))
+    with pytest.raises(SuntoolError, match="multiple"):
+        impl(torch.randn(2, 3, 16), kc, vc, bt, lens)
+
+
+@pytest.mark.parametrize("options", [{}, {"sliding_window": 4096, "softcap": 50.0}], ids=["plain", "gemma2"])
+def test_compiles_for_cuda(monkeypatch, tmp_path, options):
+    import suntool.kernels.paged_attention as mod
+
+    args, _ = paged_inputs([5, 40], 32, 8, 128, 16, torch.bfloat16)
+    (kernel,) = compile_launches_for_gpu(monkeypatch, tmp_path, mod, paged_attention_triton, *args, **options)
+    assert "cubin" in kernel.asm
