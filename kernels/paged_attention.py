@@ -21,12 +21,13 @@ Contract:
     Block ids are trusted (an id past ``num_blocks`` is a caller bug).
 - ``paged_attention_ref`` gathers each sequence's keys and runs plain softmax attention in fp32.
 - The Triton kernel runs one program per (sequence, query head), walks the sequence's blocks with an
-  online softmax in fp32 and never materialises the gathered keys. It is forward-only (inference).
+  online softmax in fp32 and never materialises the gathered keys. It is forward-only (inference):
+  when autograd records the call, the dispatcher runs the reference instead.
 """
 
 from __future__ import annotations
 
-from suntool.kernels.dispatch import KernelInputError, backend, kernel_builder, next_power_of_2
+from suntool.kernels.dispatch import KernelInputError, backend, kernel_builder, needs_grad, next_power_of_2
 
 
 def _check(q, k_cache, v_cache, block_tables, seq_lens, validate: bool) -> None:
@@ -201,7 +202,8 @@ def paged_attention(q, k_cache, v_cache, block_tables, seq_lens, scale=None, *, 
     """Paged decode attention; Triton where available (see module docstring), else the reference."""
     _check(q, k_cache, v_cache, block_tables, seq_lens, validate)
     _check_options(sliding_window, softcap)
-    if backend(q, k_cache, v_cache, block_tables, seq_lens) == "triton":
+    use_triton = backend(q, k_cache, v_cache, block_tables, seq_lens) == "triton"
+    if use_triton and not needs_grad(q, k_cache, v_cache):
         return _launch(q, k_cache, v_cache, block_tables, seq_lens, scale, sliding_window, softcap)
     return paged_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, scale,
                                sliding_window=sliding_window, softcap=softcap, validate=False)

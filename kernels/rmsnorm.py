@@ -3,9 +3,10 @@
 Contract:
 - ``rmsnorm(x, weight, eps, offset=0.0)`` -> ``y = x * rsqrt(mean(x**2, -1) + eps) * (offset + weight)``
   over the last dimension of ``x`` (any leading shape), computed in fp32 and cast once to ``x.dtype``.
-  ``offset=1.0`` is Gemma's ``(1 + w)`` convention (and matches HF Gemma/Gemma-2/3 RMSNorm bit for bit);
-  ``offset=0.0`` is Llama's, which HF rounds to the input dtype *before* the weight multiply, so in
-  bf16/fp16 the results can differ from HF Llama by one rounding of the input dtype.
+  ``offset=1.0`` is Gemma's ``(1 + w)`` convention (the reference equals HF's Gemma-2 RMSNorm bit for
+  bit); ``offset=0.0`` is Llama's, which HF rounds to the input dtype *before* the weight multiply, so
+  in bf16/fp16 the results can differ from HF Llama by one rounding of the input dtype. The Triton
+  kernel agrees with the reference to fp32 rounding (reduction order), then the same final cast.
 - ``rmsnorm_residual(x, residual, weight, eps, offset=0.0)`` -> ``(y, s)`` with ``s = x + residual`` rounded
   to ``x.dtype`` (exactly what ``residual + hidden_states`` does in HF) and ``y = rmsnorm(s, ...)``.
 - ``rmsnorm_ref`` / ``rmsnorm_residual_ref`` are the pure-torch references (differentiable).

@@ -10,9 +10,10 @@ Contract:
     ``rotary_emb`` returns them; ``rot_dim`` even and ``<= D``.
   - Result dtype: ``torch.promote_types(q.dtype, cos.dtype)``, as in HF (which passes cos/sin in q's dtype).
 - ``apply_rotary_ref`` is HF's formula verbatim (``q*cos + rotate_half(q)*sin`` on the rotated slice).
-- The Triton kernel rounds each product and the sum to the result dtype exactly as those torch ops do,
-  and it is compiled without FMA contraction, so on a GPU it agrees with the reference bit for bit;
-  Triton's CPU interpreter truncates when it casts fp32 to bf16, so there expect one bf16 ulp.
+- The Triton kernel rounds each product and the sum to the result dtype as those torch ops do and is
+  compiled without FMA contraction, so it is meant to match the reference bit for bit (checked in the
+  CPU interpreter for fp32/fp16, not yet on a GPU). The interpreter truncates fp32->bf16 casts (a GPU
+  rounds to nearest), so there bf16 results may differ by one ulp.
 - The kernel is forward-only; under autograd the dispatcher runs the reference.
 """
 
