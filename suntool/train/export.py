@@ -43,6 +43,15 @@ def _save_half(model, tokenizer, dest: Path, dtype: str) -> None:
     save_checkpoint(model, tokenizer, dest)
 
 
+def _point_adapter_at(config_path: Path, base_dir: Path) -> None:
+    """Record the artifact's own base half as the adapter's base model (not the source's path)."""
+    import json
+
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = str(base_dir)
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def write_trained_artifact(
     out: Path,
     ref: ArtifactRef,
@@ -71,6 +80,7 @@ def write_trained_artifact(
         if setup.lora:
             adapter = f"{folder}-adapter"
             setup.trainable.save_pretrained(tmp / adapter, safe_serialization=True)
+            _point_adapter_at(tmp / adapter / "adapter_config.json", Path(out).resolve() / folder)
             base = setup.trainable.unload()
         else:
             base = setup.trainable

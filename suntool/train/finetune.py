@@ -161,7 +161,7 @@ def finetune(config: FinetuneConfig, callback: Callback | None = None) -> Finetu
                 "final_eval_loss": summary.final_eval_loss,
                 "tokens": summary.tokens,
                 "seconds": round(summary.seconds, 3),
-                "started_from": {"artifact": str(ref.path), "sha256": started.sha256},
+                "started_from": {"artifact": str(Path(ref.path).resolve()), "sha256": started.sha256},
                 "dropbp_rates": summary.dropbp["rates"] if summary.dropbp else None,
             }
             say(f"writing {out}")

@@ -256,8 +256,6 @@ class MetricsLog:
 
 def _calibrate_dropbp(setup: MethodSetup, batch, config: FinetuneConfig, dist: DistInfo) -> list[float]:
     """Measure each branch's sensitivity on one micro-batch and re-allocate DropBP's rates."""
-    import torch
-
     from suntool.train.distributed import all_reduce_sum
 
     params = setup.trainable_parameters()

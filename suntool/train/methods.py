@@ -295,7 +295,11 @@ def build_method(config: FinetuneConfig, ref: ArtifactRef, dist: DistInfo) -> Me
     if config.method == "full":
         if checkpointing:
             base = trainable.get_base_model() if config.lora else trainable
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable = getattr(base, "activation_checkpointing_enable", None)  # transformers >= 5.x name
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         setup.sequence_part = SequenceLogits(trainable)
         trained_part = setup.sequence_part
     elif config.method == "sun":
