@@ -109,6 +109,9 @@ def affine_attention_ref(q, k, v, alpha, alpha_ma, *, scale=None, causal: bool =
 
 @kernel_builder
 def _kernels(interpret: bool):
+    # tl.reduce(x, axis, tl.standard._sum_combine / _elementwise_max) is tl.sum / tl.max written with
+    # builtins only, so the interpreter runs it whatever TRITON_INTERPRET was when triton was imported
+    # (see suntool.kernels.dispatch).
     import triton
     import triton.language as tl
 

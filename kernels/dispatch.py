@@ -14,6 +14,11 @@ Contract:
 - `interpreting()` tells whether Triton's interpreter is on. Kernel files build their ``@triton.jit``
   functions lazily and once per value of this flag (Triton reads ``TRITON_INTERPRET`` when a function
   is decorated, not when it is launched), so flipping the flag inside one process is safe.
+- Triton also decorates its own library (``tl.sum``, ``tl.max``, ``tl.zeros``...) once, when triton is
+  imported, for the interpreter or for the compiler. So that the interpreter works whatever the flag
+  was at that import, the kernels call only builtins: ``tl.reduce(x, axis, tl.standard._sum_combine)``
+  (what ``tl.sum`` does; the interpreter spots the combine function and uses numpy) and ``tl.full``.
+  Compiling for a GPU needs triton imported with the flag off — the normal case outside tests.
 - Triton is imported only inside functions: importing this module (or any ``suntool.kernels`` file)
   never imports triton, and auto mode with CPU tensors never imports it either.
 """

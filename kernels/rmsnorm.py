@@ -36,6 +36,9 @@ def rmsnorm_residual_ref(x, residual, weight, eps: float = 1e-6, offset: float =
 
 @kernel_builder
 def _kernels(interpret: bool):
+    # tl.reduce(x, axis, tl.standard._sum_combine / _elementwise_max) is tl.sum / tl.max written with
+    # builtins only, so the interpreter runs it whatever TRITON_INTERPRET was when triton was imported
+    # (see suntool.kernels.dispatch).
     import triton
     import triton.language as tl
 
