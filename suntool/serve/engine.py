@@ -91,6 +91,7 @@ class EngineConfig:
 class EngineObserver:
     """Hooks the server's metrics implement; called from engine threads, must be quick."""
 
+    def on_admitted(self, seq: Sequence) -> None: ...
     def on_scheduled(self, seq: Sequence) -> None: ...
     def on_first_token(self, seq: Sequence) -> None: ...
     def on_finish(self, seq: Sequence) -> None: ...
@@ -340,6 +341,7 @@ class Engine:
             self._counts["prompt_tokens"] += len(prompt_ids)
             self._live.add(seq)
         seq.stage = "waiting"
+        self.observer.on_admitted(seq)
         model.prefill.worker.add(seq)
         return seq
 

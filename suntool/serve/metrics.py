@@ -5,7 +5,7 @@ servers can live in one process, as in the tests). It exports, all prefixed `sun
 histograms `time_to_first_token_seconds`, `time_per_output_token_seconds`,
 `queue_time_seconds`, `e2e_request_latency_seconds` (per model) and `decode_batch_size`,
 `decode_batch_models`; counters `generation_tokens_total`, `prompt_tokens_total`,
-`requests_total` (per model and finish reason), `preemptions_total`,
+`requests_total` (per model and finish reason), `requests_received_total`, `preemptions_total`,
 `prefix_cache_hit_tokens_total`; gauges `requests_running`, `requests_waiting`,
 `kv_blocks_used`, `kv_blocks_free`, `kv_blocks_cached`, and
 `generation_tokens_per_second` over the last 10 seconds.
@@ -54,6 +54,7 @@ class ServerMetrics(EngineObserver):
         self.prompt = Counter("suntool_prompt_tokens", "Prompt tokens admitted.", ["model"], registry=registry)
         self.requests = Counter("suntool_requests", "Finished requests.", ["model", "finish_reason"],
                                 registry=registry)
+        self.received = Counter("suntool_requests_received", "Admitted requests.", ["model"], registry=registry)
         self._recent: deque[tuple[float, int]] = deque()
         self._recent_lock = threading.Lock()
 
@@ -87,6 +88,9 @@ class ServerMetrics(EngineObserver):
             return sum(n for _, n in self._recent) / RATE_WINDOW_S
 
     # -- EngineObserver --------------------------------------------------------------------------------------------
+    def on_admitted(self, seq: Sequence) -> None:
+        self.received.labels(seq.model.name).inc()
+
     def on_scheduled(self, seq: Sequence) -> None:
         self.queue_time.labels(seq.model.name).observe(seq.scheduled - seq.arrival)
         self.prompt.labels(seq.model.name).inc(len(seq.prompt_ids))
