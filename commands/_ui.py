@@ -35,6 +35,17 @@ def step_progress(title: str) -> Iterator[Callable[[str], None]]:
         yield say
 
 
+def print_wide(renderable) -> None:
+    """Print a table at its natural width (wider than the terminal if need be), never squeezed into '…'."""
+    from rich.measure import Measurement
+
+    natural = Measurement.get(console, console.options.update_width(10_000), renderable).maximum
+    if natural <= console.width:
+        console.print(renderable)
+    else:
+        Console(file=console.file, width=natural, highlight=False).print(renderable)
+
+
 def quiet_transformers() -> None:
     """Silence transformers' own tqdm bars and advisory logs; suntool shows its own progress."""
     from transformers.utils import logging

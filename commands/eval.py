@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from suntool.commands._ui import console, step_progress
+from suntool.commands._ui import console, print_wide, step_progress
 
 
 def eval_command(
@@ -37,12 +37,13 @@ def eval_command(
     with step_progress("evaluating") as say:
         report = run_eval(config, progress=say)
     table = Table(show_header=True, header_style="bold")
-    table.add_column("artifact")
+    table.add_column("artifact", no_wrap=True)
     for column in report.columns:
-        table.add_column(column, justify="right")
+        task, _, metric = column.partition("/")
+        table.add_column(f"{task}\n{metric}", justify="right", no_wrap=True)
     for name, metrics in report.rows.items():
         table.add_row(name, *(format_metric(metrics.get(column)) for column in report.columns))
-    console.print(table)
+    print_wide(table)
     if output is not None:
         console.print(f"[green]wrote[/] {output}/summary.md, summary.csv and one results.json per artifact")
 

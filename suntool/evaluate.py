@@ -115,15 +115,22 @@ def resolve_tasks(names: tuple[str, ...], include_path: Path | None):
     """A TaskManager with the bundled tasks, after checking every requested name exists."""
     from suntool.evals.registry import bundled_task_names, task_manager
 
-    manager = task_manager(include_path)
-    known = set(manager.all_tasks)
-    unknown = [name for name in names if name not in known]
-    if unknown:
+    manager = task_manager(include_path, include_defaults=False)  # bundled + --include-path: fast
+    unknown = [name for name in names if name not in set(manager.all_tasks)]
+    if not unknown:
+        return manager
+    catalogue = set(task_manager(include_path, include_defaults=True).all_tasks)
+    needs_download = [name for name in unknown if name in catalogue]
+    missing = [name for name in unknown if name not in catalogue]
+    if missing:
         raise SuntoolError(
-            f"unknown task(s) {', '.join(unknown)}; bundled offline tasks: {', '.join(bundled_task_names())} "
-            "(lm-eval's own tasks also work when their data is local: point --include-path at their YAMLs)"
+            f"unknown task(s) {', '.join(missing)}; bundled offline tasks: {', '.join(bundled_task_names())}"
         )
-    return manager
+    raise SuntoolError(
+        f"lm-eval task(s) {', '.join(needs_download)} read their data from the Hugging Face hub, which is not "
+        "available offline; download the data elsewhere, write task YAMLs that read it from local files "
+        "(dataset_path: json, dataset_kwargs.data_files) and pass --include-path DIR"
+    )
 
 
 def _collect(results: dict) -> dict[str, MetricValue]:

@@ -1,9 +1,13 @@
-"""Fingerprints of a checkpoint's tensors, computed from the safetensors files alone.
+"""Fingerprints of a checkpoint: its tensors and the config that gives them meaning.
 
-A fingerprint is the sha256 over every tensor, in name order, of its name, dtype, shape
-and raw bytes. It does not depend on how tensors are spread across shard files, on file
-metadata, or on anything but the weights, and it needs no torch: the safetensors header
-is parsed directly. A truncated or corrupt file is a `CheckpointError` naming the file.
+A fingerprint is the sha256 over the model config (config.json, minus bookkeeping keys
+that do not change the computation: transformers_version, _name_or_path, dtype) and then
+every tensor, in name order, with its name, dtype, shape and raw bytes. It does not
+depend on how tensors are spread across shard files or on file metadata, and it needs no
+torch: the safetensors header is parsed directly. Two halves with the same tensors but a
+different config (context length, rope scaling, quantization) get different fingerprints,
+so the store never hands one out for the other. A truncated or corrupt file is a
+`CheckpointError` naming the file.
 """
 
 from __future__ import annotations
@@ -85,9 +89,29 @@ def checkpoint_tensors(directory: Path) -> list[TensorRecord]:
     return sorted(records, key=lambda record: record.name)
 
 
+_VOLATILE_CONFIG_KEYS = (
+    "transformers_version", "_name_or_path", "name_or_path", "_commit_hash", "dtype", "torch_dtype",
+)
+
+
+def canonical_config(directory: Path) -> bytes:
+    """config.json as canonical JSON without bookkeeping keys (empty if there is none)."""
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        return b""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err}); restore or re-save the checkpoint") from err
+    for key in _VOLATILE_CONFIG_KEYS:
+        config.pop(key, None)
+    return json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+
+
 def fingerprint_checkpoint(directory: Path) -> str:
-    """`sha256:<hex>` of the checkpoint's tensors (see module docstring)."""
+    """`sha256:<hex>` of the checkpoint's config and tensors (see module docstring)."""
     digest = hashlib.sha256()
+    digest.update(canonical_config(directory))
     for record in checkpoint_tensors(directory):
         digest.update(json.dumps([record.name, record.dtype, list(record.shape)]).encode())
         with record.file.open("rb") as handle:

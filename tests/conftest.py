@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
 
 from tests.tiny_models import ARCHITECTURES, build_checkpoint, build_tokenizer
+
+
+def pytest_configure(config):
+    """Module- and session-scoped fixtures write shared halves too: never into the user's store."""
+    os.environ["SUNTOOL_STORE"] = tempfile.mkdtemp(prefix="suntool-test-store-")
 
 
 @pytest.fixture(autouse=True)

@@ -36,7 +36,6 @@ def models(tiny_checkpoints, tmp_path_factory):
 
     checkpoint = tiny_checkpoints["qwen2"]
     root = tmp_path_factory.mktemp("lmeval")
-    os.environ["SUNTOOL_STORE"] = str(root / "store")
     split(SplitConfig(model=str(checkpoint), out=root / "sun"))
     split(SplitConfig(model=str(checkpoint), out=root / "pre", first_token="prefill"))
     reference = HFLM(pretrained=str(checkpoint), batch_size=2, device="cpu", dtype="float32")

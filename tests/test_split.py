@@ -111,3 +111,19 @@ def test_manifest_round_trip_and_validation(llama_dir, tmp_path):
     missing = {k: v for k, v in data.items() if k != "architecture"}
     with pytest.raises(SuntoolError, match="missing field 'architecture'"):
         Manifest.from_dict(missing)
+
+
+def test_same_tensors_with_another_config_is_another_shared_half(llama_dir, tmp_path):
+    """The store is keyed by tensors *and* config: a longer context is not the same half."""
+    import shutil
+
+    other = tmp_path / "long-context"
+    shutil.copytree(llama_dir, other)
+    config = json.loads((other / "config.json").read_text())
+    config["max_position_embeddings"] *= 2
+    (other / "config.json").write_text(json.dumps(config))
+    first = split(SplitConfig(model=str(llama_dir), out=tmp_path / "a"))
+    second = split(SplitConfig(model=str(other), out=tmp_path / "b"))
+    assert first.decode.sha256 != second.decode.sha256
+    loaded = json.loads((tmp_path / "b" / "decode" / "config.json").read_text())
+    assert loaded["max_position_embeddings"] == config["max_position_embeddings"]

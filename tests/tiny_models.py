@@ -56,7 +56,7 @@ def tiny_config(arch: str):
 
     common = dict(
         vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, pad_token_id=PAD_ID, bos_token_id=BOS_ID,
+        num_key_value_heads=2, max_position_embeddings=1024, pad_token_id=PAD_ID, bos_token_id=BOS_ID,
         eos_token_id=EOS_ID, tie_word_embeddings=False,
     )
     if arch == "llama":
