@@ -1,17 +1,74 @@
-"""`suntool bench`: Benchmark a server: TTFT/TPOT/throughput under Poisson, Zipf load."""
+"""`suntool bench URL | --local ART...`: TTFT/TPOT/ITL/throughput/goodput under Poisson, Zipf load."""
 
 from __future__ import annotations
 
 import typer
 
-from suntool.commands._ui import not_built
+from suntool.commands._ui import console, err_console
 
 
-def bench_command(args: list[str] = typer.Argument(None, hidden=True)) -> None:
-    """Benchmark a server: TTFT/TPOT/throughput under Poisson, Zipf load. [not built yet]"""
-    not_built("bench", issue=8)
+def _rate(text: str) -> float:
+    from suntool.errors import SuntoolError
+
+    try:
+        return float("inf") if text.lower() in ("inf", "infinity") else float(text)
+    except ValueError:
+        raise SuntoolError(f"--rate must be a number of requests per second or 'inf', got {text!r}") from None
+
+
+def bench_command(
+    targets: list[str] = typer.Argument(..., help="A server URL, or with --local the artifacts to serve."),
+    local: bool = typer.Option(False, "--local", help="Start `suntool serve --local TARGETS...` and bench it."),
+    rate: list[str] = typer.Option(["4"], "--rate", help="Poisson request rate per second, or inf (repeatable)."),
+    num_requests: int = typer.Option(100, "--num-requests", "-n", min=1, help="Requests per rate."),
+    workload: str = typer.Option("zipf:1.0", "--workload", help="Model popularity: zipf:ALPHA or uniform."),
+    dataset: str = typer.Option(
+        "tasks", "--dataset", help="tasks (synthetic task prompts, one task per model) or random (--input-len words)."
+    ),
+    input_len: int = typer.Option(128, "--input-len", min=1, help="Prompt length for --dataset random."),
+    output_len: int = typer.Option(None, "--output-len", min=1, help="Tokens per answer (default: from the task)."),
+    slo_ttft: float = typer.Option(None, "--slo-ttft", min=0, help="Goodput SLO on time to first token (s)."),
+    slo_tpot: float = typer.Option(None, "--slo-tpot", min=0, help="Goodput SLO on time per output token (s)."),
+    compare: bool = typer.Option(False, "--compare", help="Run shared, then the --no-share baseline; print ratios."),
+    no_share: bool = typer.Option(False, "--no-share", help="With --local: bench only the --no-share baseline."),
+    decode_workers: int = typer.Option(
+        None, "--decode-workers", min=1, help="Local server's decode workers (--compare default: one per model)."
+    ),
+    serve_arg: list[str] = typer.Option(None, "--serve-arg", help="Extra flag for the local server (repeatable)."),
+    out: str = typer.Option("bench-out", "--out", "-o", help="Directory for bench.json and bench.png."),
+    seed: int = typer.Option(0, "--seed", help="Seed of arrivals, model choice and prompts."),
+    api_key: str = typer.Option(None, "--api-key", envvar="SUNTOOL_API_KEY", help="Bearer key for the server."),
+    warmup: int = typer.Option(1, "--warmup", min=0, help="Warm-up requests per model before measuring."),
+) -> None:
+    """Benchmark a server: TTFT/TPOT/throughput under Poisson, Zipf load."""
+    from pathlib import Path
+
+    from suntool.bench.report import SLO
+    from suntool.bench.runner import BenchConfig, run_bench
+    from suntool.bench.workload import WorkloadSpec
+    from suntool.errors import SuntoolError
+
+    if dataset not in ("tasks", "random"):
+        raise SuntoolError(f"--dataset must be tasks or random, got {dataset!r}")
+    if not local and len(targets) != 1:
+        raise SuntoolError("give one server URL, or --local with the artifacts to serve")
+    spec = WorkloadSpec.parse(workload, dataset=dataset, input_len=input_len, output_len=output_len, seed=seed)
+    config = BenchConfig(
+        url=None if local else targets[0], artifacts=tuple(targets) if local else (),
+        rates=tuple(_rate(r) for r in rate), num_requests=num_requests, workload=spec,
+        slo=SLO(ttft=slo_ttft, tpot=slo_tpot), out=Path(out), compare=compare, no_share=no_share,
+        decode_workers=decode_workers, serve_args=tuple(serve_arg or ()), api_key=api_key, warmup=warmup,
+    )
+    result = run_bench(config, say=lambda message: err_console.print(f"[dim]·[/] {message}", markup=True))
+    for ratio in result["compare"]:
+        console.print(
+            f"shared / dedicated at {ratio['rate']:g} req/s: output tokens/s x{ratio['output_token_throughput']:.2f} "
+            f"· goodput x{ratio['goodput']:.2f} · TPOT p50 x{ratio['tpot_p50']:.2f} "
+            f"· TTFT p50 x{ratio['ttft_p50']:.2f}",
+            markup=False,
+        )
+    console.print(f"wrote {result['json']} and {result['png']}", markup=False)
 
 
 def register(app: typer.Typer) -> None:
-    settings = {"ignore_unknown_options": True, "allow_extra_args": True}
-    app.command("bench", context_settings=settings)(bench_command)
+    app.command("bench")(bench_command)
