@@ -20,6 +20,7 @@ handoff is a copy into a shared tensor pool instead of an IPC transfer.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -69,7 +70,7 @@ class EngineConfig:
     dtype: str | None = None  # None: float32 on CPU (bf16 matmuls are slow there), the checkpoint's elsewhere
     device: str = "cpu"
     allow_mismatch: bool = False
-    torch_threads: int | None = None  # None: torch's default
+    torch_threads: int | None = None  # intra-op threads per engine thread; None: cpu_count // (decode_workers + 1)
 
     def validate(self) -> None:
         checks = [
@@ -210,8 +211,7 @@ class Engine:
         self.config, self.loaded, self.observer = config, loaded, observer or EngineObserver()
         plan = loaded.plan
         self.mode, self.share = plan.mode, plan.share
-        if config.torch_threads:
-            torch.set_num_threads(config.torch_threads)
+        self.torch_threads = config.torch_threads or max(1, (os.cpu_count() or 1) // (config.decode_workers + 1))
 
         first = loaded.group_model(plan.models[0].decode_group)
         geometry = KVPool.geometry(first.config)
@@ -361,10 +361,10 @@ class Engine:
 
     # -- called by the workers -----------------------------------------------------------------------------------
     def init_thread(self) -> None:
-        if self.config.torch_threads:
-            import torch
+        """Per-thread torch setup: intra-op threads are set per OS thread (measured: docs/serving.md)."""
+        import torch
 
-            torch.set_num_threads(self.config.torch_threads)
+        torch.set_num_threads(self.torch_threads)
 
     def scheduled(self, seq: Sequence) -> None:
         first = seq.scheduled is None
