@@ -6,7 +6,13 @@ import pytest
 
 from suntool.errors import SuntoolError
 from suntool.train.dropbp import DropBP, allocate_rates, find_branches
+from tests.test_train_support import one_torch_thread
 from tests.tiny_models import ARCHITECTURES, build_model
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    yield from one_torch_thread()
 
 
 def _inputs():

@@ -5,8 +5,13 @@ from __future__ import annotations
 import pytest
 
 from suntool.train.data import collate, load_examples
-from tests.test_train_support import arith_records, make_artifact, tiny_config, write_jsonl
+from tests.test_train_support import arith_records, make_artifact, one_torch_thread, tiny_config, write_jsonl
 from tests.tiny_models import ARCHITECTURES
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    yield from one_torch_thread()
 
 
 def _setup(artifact, data, tmp_path, method, **changes):

@@ -51,3 +51,24 @@ def state_dict_of(directory: Path) -> dict:
     for file in sorted(Path(directory).glob("*.safetensors")):
         tensors.update(load_file(str(file)))
     return tensors
+
+
+def one_torch_thread():
+    """Generator body for an autouse fixture: run torch single-threaded for the test.
+
+    The tiny models gain nothing from intra-op threads, and on a busy 2-core machine the
+    threads' spin-waits make each small op many times slower.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def subprocess_env() -> dict:
+    """The environment for a child `suntool` process: this test's store, one thread per process."""
+    import os
+
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
