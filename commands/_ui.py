@@ -1,11 +1,10 @@
-"""Shared terminal helpers for the command modules: consoles, progress, 'not built yet'."""
+"""Shared terminal helpers for the command modules: consoles, progress, wide tables."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
 
-import typer
 from rich.console import Console
 
 console = Console(highlight=False)
@@ -52,9 +51,3 @@ def quiet_transformers() -> None:
 
     logging.disable_progress_bar()
     logging.set_verbosity_error()
-
-
-def not_built(name: str, issue: int) -> None:
-    """Exit non-zero with a plain message for a subcommand whose issue has not landed."""
-    err_console.print(f"[bold red]error:[/] `suntool {name}` is not built yet (tracked in issue #{issue}).")
-    raise typer.Exit(code=2)

@@ -1,17 +1,42 @@
-"""`suntool quantize`: Quantize the shared decode half to 4 bits (QSUN)."""
+"""`suntool quantize ART`: QSUN — the shared decode half to 4 bits, as a standard GPTQ checkpoint."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
-from suntool.commands._ui import not_built
+from suntool.commands._ui import console, step_progress
 
 
-def quantize_command(args: list[str] = typer.Argument(None, hidden=True)) -> None:
-    """Quantize the shared decode half to 4 bits (QSUN). [not built yet]"""
-    not_built("quantize", issue=5)
+def quantize_command(
+    artifact: Path = typer.Argument(..., help="A SUN artifact (its shared decode half is quantized)."),
+    bits: int = typer.Option(4, help="Weight bits: 2, 3, 4 or 8."),
+    group_size: int = typer.Option(128, "--group-size", help="Input columns per scale/zero group (-1: per row)."),
+    method: str = typer.Option("gptq", help="gptq (calibrated, error-compensating) or rtn (round to nearest)."),
+    calib: str = typer.Option("builtin", help="Calibration JSONL (prompt/completion or messages) or 'builtin'."),
+    calib_samples: int = typer.Option(64, "--calib-samples"),
+    calib_seq_len: int = typer.Option(256, "--calib-seq-len"),
+    desc_act: bool = typer.Option(False, "--desc-act", help="GPTQ act-order (quantize columns by Hessian size)."),
+    out: Path = typer.Option(None, "-o", "--out", help="Write a new artifact instead of rewriting ART."),
+    force: bool = typer.Option(False, "--force", help="Quantize the decode half even if it is a task half."),
+) -> None:
+    """Quantize the artifact's shared decode half (weight-only; embeddings and lm_head stay full precision)."""
+    from suntool.quantize import QuantizeArtifactConfig, quantize_artifact
+
+    config = QuantizeArtifactConfig(
+        artifact=artifact, out=out, bits=bits, group_size=group_size, method=method, desc_act=desc_act,
+        calib=calib, calib_samples=calib_samples, calib_seq_len=calib_seq_len, force=force,
+    )
+    with step_progress(f"quantizing {artifact}") as say:
+        manifest, report = quantize_artifact(config, progress=say)
+    errors = sorted(layer.rel_weight_error for layer in report.layers)
+    console.print(
+        f"[green]wrote[/] {out or artifact}: decode half {manifest.decode.sha256[:23]}…  "
+        f"{config.bits}-bit {config.method}, group {config.group_size}, {len(report.layers)} linears in "
+        f"{report.seconds:.0f}s, median relative weight error {errors[len(errors) // 2]:.4f}"
+    )
 
 
 def register(app: typer.Typer) -> None:
-    settings = {"ignore_unknown_options": True, "allow_extra_args": True}
-    app.command("quantize", context_settings=settings)(quantize_command)
+    app.command("quantize")(quantize_command)
