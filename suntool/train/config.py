@@ -169,7 +169,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise SuntoolError(f"{path}: key {key!r} must be a {expected.__name__}, got {value!r}")
+            kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[expected]
+            raise SuntoolError(f"{path}: key {key!r} must be {kind}, got {value!r}")
         values[key] = value
     return values
 
