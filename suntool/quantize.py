@@ -93,6 +93,21 @@ def _calibration_texts(config: QuantizeArtifactConfig, tokenizer) -> list[list[i
     return sequences
 
 
+def _cast_full_precision(model, dtype_name: str) -> None:
+    """Store what stays unquantized (embeddings, norms, lm_head) in the artifact's own dtype, not fp32."""
+    from suntool.checkpoint import torch_dtype
+    from suntool.quant.qlinear import QuantLinear
+
+    dtype = torch_dtype(dtype_name)
+    if dtype == "auto":
+        return
+    quantized = {id(p) for module in model.modules() if isinstance(module, QuantLinear) for p in module.parameters()}
+    for param in model.parameters():
+        if id(param) not in quantized and param.is_floating_point():
+            param.data = param.data.to(dtype)
+    model.config.dtype = dtype
+
+
 def _link_or_copy(src, dst) -> None:
     import os
 
@@ -148,6 +163,7 @@ def quantize_artifact(config: QuantizeArtifactConfig, progress: Progress | None 
         )
     except SuntoolError as err:
         raise SuntoolError(f"{ref.decode_dir}: {err}") from err
+    _cast_full_precision(model, manifest.dtype)
     target = Path(config.out) if config.out is not None else Path(config.artifact)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f"{target.name}.tmp-quant-", dir=target.parent))

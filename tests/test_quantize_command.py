@@ -92,3 +92,17 @@ def test_quantize_bad_input(capsys, sun_artifact, llama_dir, tmp_path):
     small.write_text('{"prompt": "a", "completion": " b"}\n{"prompt": "c", "completion": " d"}\n')
     assert_user_error(capsys, ["quantize", art, "--group-size", "32", "--calib", str(small)], "at least 4 samples")
     assert read_manifest(sun_artifact).decode.quantization is None  # nothing half-written
+
+
+def test_unquantized_tensors_keep_the_artifact_dtype(capsys, llama_dir, tmp_path):
+    from safetensors import safe_open
+
+    split(SplitConfig(model=str(llama_dir), out=tmp_path / "bf16", dtype="bfloat16"))
+    run_cli(capsys, "quantize", str(tmp_path / "bf16"), "--group-size", "32", "--method", "rtn")
+    with safe_open(tmp_path / "bf16" / "decode" / "model.safetensors", "pt") as handle:
+        assert handle.get_tensor("model.embed_tokens.weight").dtype == torch.bfloat16
+        assert handle.get_tensor("model.norm.weight").dtype == torch.bfloat16
+        assert handle.get_tensor("model.layers.0.self_attn.q_proj.scales").dtype == torch.float16
+    full = sum(f.stat().st_size for f in (tmp_path / "bf16" / "prefill").glob("*.safetensors"))
+    quant = sum(f.stat().st_size for f in (tmp_path / "bf16" / "decode").glob("*.safetensors"))
+    assert quant < full

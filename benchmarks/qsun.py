@@ -1,0 +1,128 @@
+"""QSUN measurements: the 4-bit decode half against the full-precision one, in one run.
+
+For a full-precision artifact ART and its quantized twin QART (`suntool quantize ART -o QART`):
+  - held-out perplexity of each decode half on the bundled synthetic test texts,
+  - decode-half bytes on disk and in memory (parameters + buffers),
+  - decode time per token through `suntool.handoff` (same prompts, same batch, interleaved
+    repeats, median), as a ratio 4-bit / full precision.
+
+    python benchmarks/qsun.py runs/qsun/base runs/qsun/base-4bit --json runs/qsun/measure.json
+
+Prints a table and writes JSON. CPU figures are what they are: the 4-bit path dequantizes
+on the fly in torch, so on CPU it is expected to be slower, not faster; the Triton w4a16
+kernel is what makes it fast on a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+
+def perplexity(model, tokenizer, texts: list[str], max_length: int = 256) -> float:
+    import math
+
+    import torch
+
+    total_nll, total_tokens = 0.0, 0
+    with torch.no_grad():
+        for text in texts:
+            ids = tokenizer(text, return_tensors="pt")["input_ids"][:, :max_length]
+            if ids.shape[1] < 2:
+                continue
+            logits = model(input_ids=ids).logits[:, :-1].float()
+            nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                                                    reduction="sum")
+            total_nll += float(nll)
+            total_tokens += ids.shape[1] - 1
+    return math.exp(total_nll / total_tokens)
+
+
+def memory_bytes(model) -> int:
+    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+
+
+def disk_bytes(directory: Path) -> int:
+    return sum(f.stat().st_size for f in Path(directory).glob("*.safetensors"))
+
+
+def decode_seconds_per_token(prefill_model, decode_model, tokenizer, prompts, new_tokens: int) -> float:
+    import torch
+
+    from suntool.generation import encode
+    from suntool.handoff import SamplingConfig, decode, prefill
+
+    ids, mask = encode(tokenizer, prompts)
+    config = SamplingConfig(max_new_tokens=new_tokens, eos_token_ids=())
+    with torch.no_grad():
+        handoff = prefill(prefill_model, ids, mask)
+        handoff.to(dtype=decode_model.dtype)
+        start = time.perf_counter()
+        decode(decode_model, handoff, config)
+        return (time.perf_counter() - start) / new_tokens
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("full", help="artifact with the full-precision decode half")
+    parser.add_argument("quantized", help="the same artifact with its decode half quantized")
+    parser.add_argument("--texts", type=int, default=100, help="held-out texts for perplexity")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dtype", default="bfloat16", help="dtype of the full-precision half and activations")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from suntool.artifact import load_artifact
+    from suntool.evals.tasks import load_bundled
+
+    torch.manual_seed(0)
+    full = load_artifact(args.full, dtype=args.dtype)
+    quant = load_artifact(args.quantized, dtype=args.dtype, allow_mismatch=True)
+    tokenizer = full.tokenizer
+    texts = [r["prompt"] + r["completion"] for task in ("arith", "program", "funcall")
+             for r in load_bundled(task, "test")[: args.texts // 3]]
+    prompts = [r["prompt"] for r in load_bundled("arith", "test")[: args.batch]]
+
+    result = {
+        "full_dir": str(full.ref.decode_dir),
+        "quantized_dir": str(quant.ref.decode_dir),
+        "quantization": quant.manifest.decode.quantization,
+        "perplexity_full": perplexity(full.decode_model, tokenizer, texts),
+        "perplexity_quantized": perplexity(quant.decode_model, tokenizer, texts),
+        "disk_bytes_full": disk_bytes(full.ref.decode_dir),
+        "disk_bytes_quantized": disk_bytes(quant.ref.decode_dir),
+        "memory_bytes_full": memory_bytes(full.decode_model),
+        "memory_bytes_quantized": memory_bytes(quant.decode_model),
+    }
+    timings = {"full": [], "quantized": []}
+    decode_seconds_per_token(full.prefill_model, full.decode_model, tokenizer, prompts, 4)  # warm-up
+    decode_seconds_per_token(full.prefill_model, quant.decode_model, tokenizer, prompts, 4)
+    for _ in range(args.repeats):  # interleaved so machine noise hits both alike
+        timings["full"].append(decode_seconds_per_token(
+            full.prefill_model, full.decode_model, tokenizer, prompts, args.new_tokens))
+        timings["quantized"].append(decode_seconds_per_token(
+            full.prefill_model, quant.decode_model, tokenizer, prompts, args.new_tokens))
+    result["decode_s_per_token_full"] = statistics.median(timings["full"])
+    result["decode_s_per_token_quantized"] = statistics.median(timings["quantized"])
+    result["decode_time_ratio"] = result["decode_s_per_token_quantized"] / result["decode_s_per_token_full"]
+    result["disk_ratio"] = result["disk_bytes_quantized"] / result["disk_bytes_full"]
+    result["memory_ratio"] = result["memory_bytes_quantized"] / result["memory_bytes_full"]
+    result["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    for key, value in result.items():
+        if not isinstance(value, dict):
+            print(f"{key:32s} {value:.4g}" if isinstance(value, float) else f"{key:32s} {value}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
