@@ -101,6 +101,9 @@ def pack_rows(codes: torch.Tensor, bits: int) -> torch.Tensor:
     words_per_block = per_block * bits // _WORD
     blocks = rows // per_block
     values = (codes.to(torch.int64) & ((1 << bits) - 1)).reshape(blocks, per_block, cols)
+    if _WORD % bits == 0:  # no code straddles two words: one shift per code position, then OR (= sum)
+        shifts = torch.arange(0, _WORD, bits, dtype=torch.int64, device=codes.device).view(1, -1, 1)
+        return _to_int32((values << shifts).sum(dim=1))
     words = torch.zeros(blocks, words_per_block, cols, dtype=torch.int64, device=codes.device)
     for k in range(per_block):
         offset = k * bits
@@ -125,8 +128,12 @@ def unpack_rows(packed: torch.Tensor, bits: int) -> torch.Tensor:
             f"packed dimension, got {nwords}; the checkpoint is corrupt or its `bits` is wrong."
         )
     blocks = nwords // words_per_block
-    words = (packed.to(torch.int64) & _MASK32).reshape(blocks, words_per_block, cols)
     mask = (1 << bits) - 1
+    if _WORD % bits == 0:  # arithmetic shifts of int32 are fine: the mask drops the sign bits
+        shifts = torch.arange(0, _WORD, bits, dtype=torch.int32, device=packed.device).view(1, -1, 1)
+        codes32 = torch.bitwise_and(packed.to(torch.int32).unsqueeze(1) >> shifts, mask)
+        return codes32.reshape(nwords * (_WORD // bits), cols)
+    words = (packed.to(torch.int64) & _MASK32).reshape(blocks, words_per_block, cols)
     codes = torch.empty(blocks, per_block, cols, dtype=torch.int64, device=packed.device)
     for k in range(per_block):
         offset = k * bits
@@ -239,12 +246,22 @@ def dequantize(
     bits: int,
     dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """The float weight [out, in] that the packed tensors encode (computed in fp32, cast to `dtype`)."""
+    """The float weight [out, in] that the packed tensors encode (computed in fp32, cast to `dtype`).
+
+    The result is the transpose of a contiguous [in, out] tensor (the layout the codes unpack to);
+    `torch.nn.functional.linear` takes it as is.
+    """
     import torch
 
-    intweight, zeros = unpack(qweight, qzeros, bits)
+    codes = unpack_rows(qweight, bits)  # [in, out]
+    zeros = decode_qzeros(qzeros, bits)
+    if zeros.shape[1] != codes.shape[1]:
+        raise SuntoolError(
+            f"qzeros unpacks to {zeros.shape[1]} output columns but qweight has {codes.shape[1]}; "
+            "the tensors do not belong together or `bits` is wrong"
+        )
     groups = g_idx.to(torch.long)
-    scale = scales.to(torch.float32)[groups].t()  # [out, in]
-    zero = zeros.to(torch.float32)[groups].t()
-    weight = (intweight.to(torch.float32) - zero) * scale
-    return weight if dtype is None else weight.to(dtype)
+    scale = scales.to(torch.float32).index_select(0, groups)  # [in, out]
+    zero = zeros.to(torch.float32).index_select(0, groups)
+    weight = (codes.to(torch.float32) - zero).mul_(scale)
+    return (weight if dtype is None else weight.to(dtype)).t()

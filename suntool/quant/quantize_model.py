@@ -405,10 +405,9 @@ def _quantize_layer_gptq(
     """GPTQ-quantize the linears of one decoder layer; return the next layer's inputs."""
     linears = _linears(layer)
     by_name = dict(linears)
+    groups = [[name for name, _ in linears]]  # one pass for all, unless true-sequential
     if config.true_sequential:
         groups = _input_groups(layer, linears, inputs[0])
-    else:
-        groups = [[name for name, _ in linears]]
     final = {}
     for group in groups:
         accs = _collect_hessians(layer, inputs, [(name, by_name[name]) for name in group])
