@@ -108,8 +108,11 @@ def compare_ratios(shared: RunSummary, dedicated: RunSummary) -> dict:
 
 
 def _clean(value):
+    """Strict JSON: NaN (nothing measured) becomes null, an infinite rate the string "inf"."""
     if isinstance(value, float) and math.isnan(value):
         return None
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
     if isinstance(value, dict):
         return {k: _clean(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -144,16 +147,22 @@ def plot(runs: list[RunSummary], path: Path, *, title: str) -> None:
         (axes[1][1], "goodput (req/s)", lambda r: [r.goodput]),
     ]
     configs = list(dict.fromkeys(r.config for r in runs))
+    rates = sorted({r.rate for r in runs})
+    position = {rate: i for i, rate in enumerate(rates)}
+    labels = ["inf" if math.isinf(rate) else f"{rate:g}" for rate in rates]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, label, values in panels:
-        for config in configs:
+        for number, config in enumerate(configs):
             mine = sorted((r for r in runs if r.config == config), key=lambda r: r.rate)
-            rates = [r.rate if not math.isinf(r.rate) else 0 for r in mine]
+            xs = [position[r.rate] for r in mine]
             series = list(zip(*(values(r) for r in mine), strict=True))
             for index, ys in enumerate(series):
-                ax.plot(rates, ys, marker="o", linestyle="-" if index == 0 else "--",
-                        label=config if index == 0 else f"{config} p99")
+                ax.plot(xs, ys, marker="o", color=colors[number % len(colors)],
+                        linestyle="-" if index == 0 else "--", label=config if index == 0 else f"{config} p99")
         ax.set_title(label)
+        ax.set_xticks(range(len(rates)), labels)
         ax.set_xlabel("request rate (req/s)")
+        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title)
