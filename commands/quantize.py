@@ -12,7 +12,10 @@ from suntool.commands._ui import console, step_progress
 def quantize_command(
     artifact: Path = typer.Argument(..., help="A SUN artifact (its shared decode half is quantized)."),
     bits: int = typer.Option(4, help="Weight bits: 2, 3, 4 or 8."),
-    group_size: int = typer.Option(128, "--group-size", help="Input columns per scale/zero group (-1: per row)."),
+    group_size: int = typer.Option(
+        None, "--group-size",
+        help="Input columns per scale/zero group; -1: per row. Default 128, or 64/32/16 where 128 does not divide.",
+    ),
     method: str = typer.Option("gptq", help="gptq (calibrated, error-compensating) or rtn (round to nearest)."),
     calib: str = typer.Option("builtin", help="Calibration JSONL (prompt/completion or messages) or 'builtin'."),
     calib_samples: int = typer.Option(64, "--calib-samples"),
@@ -33,7 +36,7 @@ def quantize_command(
     errors = sorted(layer.rel_weight_error for layer in report.layers)
     console.print(
         f"[green]wrote[/] {out or artifact}: decode half {manifest.decode.sha256[:23]}…  "
-        f"{config.bits}-bit {config.method}, group {config.group_size}, {len(report.layers)} linears in "
+        f"{config.bits}-bit {config.method}, group {report.config.group_size}, {len(report.layers)} linears in "
         f"{report.seconds:.0f}s, median relative weight error {errors[len(errors) // 2]:.4f}"
     )
 

@@ -36,7 +36,7 @@ class QuantizeArtifactConfig:
     artifact: Path
     out: Path | None = None  # None: rewrite the artifact in place (atomically)
     bits: int = 4
-    group_size: int = 128
+    group_size: int | None = None  # None: 128, or the largest of 64/32/16 dividing every layer width
     method: str = "gptq"
     desc_act: bool = False
     calib: str = "builtin"  # "builtin" or a JSONL path
@@ -51,7 +51,7 @@ class QuantizeArtifactConfig:
         check_bits(self.bits)
         if self.method not in ("gptq", "rtn"):
             raise SuntoolError(f"--method must be gptq or rtn, got {self.method!r}")
-        if self.group_size != -1 and self.group_size <= 0:
+        if self.group_size is not None and self.group_size != -1 and self.group_size <= 0:
             raise SuntoolError(f"--group-size must be positive (or -1 for one group per row), got {self.group_size}")
         if self.calib_samples < MIN_CALIB_SAMPLES:
             raise SuntoolError(f"--calib-samples must be at least {MIN_CALIB_SAMPLES}, got {self.calib_samples}")
@@ -91,6 +91,20 @@ def _calibration_texts(config: QuantizeArtifactConfig, tokenizer) -> list[list[i
             f"GPTQ needs at least {MIN_CALIB_SAMPLES} samples and {MIN_CALIB_TOKENS} tokens"
         )
     return sequences
+
+
+def auto_group_size(model) -> int:
+    """128 (the GPTQ default) if it divides every decoder linear's input width, else 64, 32, 16, or per row."""
+    from torch import nn
+
+    from suntool.quant.quantize_model import find_decoder_layers
+
+    _, layers = find_decoder_layers(model)
+    widths = {module.in_features for layer in layers for module in layer.modules() if isinstance(module, nn.Linear)}
+    for size in (128, 64, 32, 16):
+        if all(width % size == 0 for width in widths):
+            return size
+    return -1
 
 
 def _cast_full_precision(model, dtype_name: str) -> None:
@@ -156,9 +170,10 @@ def quantize_artifact(config: QuantizeArtifactConfig, progress: Progress | None 
         if step == total or step % 10 == 0:
             say(f"quantized {step}/{total} linears ({name})")
 
+    group_size = config.group_size if config.group_size is not None else auto_group_size(model)
     try:
         report = quantize_model(
-            model, calib, bits=config.bits, group_size=config.group_size, method=config.method,
+            model, calib, bits=config.bits, group_size=group_size, method=config.method,
             desc_act=config.desc_act, progress=on_layer,
         )
     except SuntoolError as err:

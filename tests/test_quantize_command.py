@@ -106,3 +106,9 @@ def test_unquantized_tensors_keep_the_artifact_dtype(capsys, llama_dir, tmp_path
     full = sum(f.stat().st_size for f in (tmp_path / "bf16" / "prefill").glob("*.safetensors"))
     quant = sum(f.stat().st_size for f in (tmp_path / "bf16" / "decode").glob("*.safetensors"))
     assert quant < full
+
+
+def test_default_group_size_fits_the_model(capsys, sun_artifact):
+    """hidden 64 / intermediate 96: 128 and 64 do not divide 96, so the default picks 32."""
+    run_cli(capsys, "quantize", str(sun_artifact), "--method", "rtn")
+    assert read_manifest(sun_artifact).decode.quantization["group_size"] == 32
