@@ -289,3 +289,20 @@ def test_modes_and_names_are_checked(sun_artifacts, tiny_checkpoints, tmp_path):
         Engine.from_artifacts([sun_artifacts["math"], sun_artifacts["math"]])
     with pytest.raises(SuntoolError, match="--decode-workers"):
         Engine.from_artifacts([sun_artifacts["math"]], config=EngineConfig(decode_workers=0))
+
+
+def test_prefill_first_token_convention(tiny_checkpoints, tmp_path):
+    paths = []
+    for name in ("p", "q"):
+        split(SplitConfig(model=str(tiny_checkpoints["qwen2"]), out=tmp_path / name, first_token="prefill"))
+        paths.append(tmp_path / name)
+    artifacts = dict(zip(["p", "q"], paths, strict=True))
+    engine = Engine.from_artifacts(paths, config=EngineConfig(block_size=4, kv_blocks=24))
+    try:
+        assert {g.first_token for g in engine.prefill_groups.values()} == {"prefill"}
+        collector = run_all(engine, [(n, p) for p in PROMPTS for n in artifacts], SamplingParams(max_tokens=14))
+        stats = engine.stats()
+    finally:
+        engine.close()
+    assert_matches_reference(collector, artifacts, PROMPTS, 14)  # also through preemption and recompute
+    assert stats.preemptions > 0 and stats.kv_blocks_used == 0

@@ -145,7 +145,8 @@ class PrefillWorker(threading.Thread):
             hits = allocator.match_prefix(block_hashes(cacheable, allocator.block_size, self.group.salt))
             seq.block_table = hits
             seq.prefix_hit_tokens = len(hits) * allocator.block_size
-        need = allocator.blocks_for(seq.length - 1) - len(seq.block_table)
+        # K/V to hold: tokens[:length-1]; under the prefill convention a new prompt caches all of itself
+        need = allocator.blocks_for(max(seq.length - 1, self.group.prefill_end(seq))) - len(seq.block_table)
         reserve = 0 if seq.output_ids else min(engine.watermark, allocator.capacity - need)
         while True:
             with engine.resources:
