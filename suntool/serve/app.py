@@ -324,8 +324,12 @@ def run_server(config: ServeConfig, *, progress: Callable[[str], None] | None = 
 
     sock = bind_socket(config.host, config.port)  # fail on a busy port before minutes of loading
     metrics = ServerMetrics()
-    engine = Engine.from_artifacts(list(config.artifacts), names=list(config.names) if config.names else None,
-                                   config=config.engine, observer=metrics, progress=progress)
+    try:
+        engine = Engine.from_artifacts(list(config.artifacts), names=list(config.names) if config.names else None,
+                                       config=config.engine, observer=metrics, progress=progress)
+    except BaseException:
+        sock.close()
+        raise
     metrics.attach(engine)
     try:
         app = create_app(engine, metrics, api_key=config.api_key)
