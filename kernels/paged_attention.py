@@ -14,14 +14,28 @@ Contract:
   - ``scale`` defaults to ``D ** -0.5``. Scores are ``(q . k) * scale``; with ``softcap`` (Gemma-2) they
     become ``softcap * tanh(scores / softcap)`` before the softmax, as in HF.
   - ``sliding_window=W`` attends only the last ``W`` keys (positions ``seq_len - W .. seq_len - 1``,
-    the current one included), HF's ``q_idx - kv_idx < W``.
+    the current one included), HF's ``q_idx - kv_idx < W``. ``W`` is an int (every sequence) or a ``[B]``
+    integer tensor (one window per sequence, each ``>= 1``): with ``seq_len`` equal for every row, a window
+    of ``n`` per row selects each row's last ``n`` tokens, which is how a left-padded dense cache is read
+    without copying it (`suntool.kernel_path`).
   - ``validate=True`` checks shapes and that every ``seq_len`` is in ``[1, max_blocks * block_size]``
-    (one device sync); an empty batch or a zero-length sequence raises `KernelInputError` (a
-    ``SuntoolError``). A decode loop that has validated once per step may pass ``validate=False``.
-    Block ids are trusted (an id past ``num_blocks`` is a caller bug).
-- ``paged_attention_ref`` gathers each sequence's keys and runs plain softmax attention in fp32.
-- The Triton kernel runs one program per (sequence, query head), walks the sequence's blocks with an
-  online softmax in fp32 and never materialises the gathered keys. It is forward-only (inference):
+    (one device sync), and per-sequence windows ``>= 1``; an empty batch or a zero-length sequence raises
+    `KernelInputError` (a ``SuntoolError``). A decode loop that has validated once per step may pass
+    ``validate=False``. Block ids are trusted (an id past ``num_blocks`` is a caller bug).
+  - Only the K/V of positions ``< seq_len`` are read. Positions inside a sequence but outside its
+    window must hold finite values (they are cached tokens); the Triton kernel never loads them.
+- ``paged_attention_ref`` is batched torch, no Python loop over sequences: it gathers every sequence's
+  blocks into one padded ``[B, max(seq_lens), Hkv, D]`` tensor (a reshape, not a copy, when the block
+  tables are the identity ``arange(B * n).view(B, n)`` over the cache's first blocks: a dense cache
+  viewed as paged), then runs masked softmax attention in fp32 for all sequences at once, the ``G``
+  query heads of each KV head as ``G`` query rows (no ``repeat_kv`` copy) and a boolean mask of each
+  row's positions ``[seq_len - window, seq_len)``: ``F.scaled_dot_product_attention`` without
+  ``softcap``, matmul / tanh / ``-inf`` fill / softmax / matmul with it. Exact up to fp32 rounding.
+  Keys and values past a sequence's end are zeroed first, so garbage there (even NaN) never leaks in.
+- The Triton kernel runs one program per (sequence, query head) and walks the sequence's tokens in
+  tiles of ``BLOCK_N`` (any block size, a power of two or not, smaller or larger than the tile: the
+  physical block of each token is looked up per token), from the window's first token on, with an
+  online softmax in fp32; it never materialises the gathered keys. It is forward-only (inference):
   when autograd records the call, the dispatcher runs the reference instead.
 """
 
@@ -69,32 +83,70 @@ def _check(q, k_cache, v_cache, block_tables, seq_lens, validate: bool) -> None:
         )
 
 
+def _identity_tables(block_tables, num_blocks: int) -> bool:
+    """True when sequence ``b`` owns blocks ``b*n .. b*n+n-1`` in order (a dense cache viewed as paged)."""
+    import torch
+
+    b, n = block_tables.shape
+    if b * n > num_blocks:
+        return False
+    expected = torch.arange(b * n, device=block_tables.device, dtype=block_tables.dtype).view(b, n)
+    return torch.equal(block_tables, expected)
+
+
+def _gather(cache, block_tables, width: int, identity: bool):
+    """Each sequence's first ``width`` tokens: ``[B, width, Hkv, D]`` (a view when ``identity``)."""
+    b, n = block_tables.shape
+    _, block_size, hkv, d = cache.shape
+    if identity:
+        rows = cache if cache.shape[0] == b * n else cache[: b * n]
+        rows = rows if n == 1 else rows.reshape(b, n * block_size, hkv, d)
+    else:
+        rows = cache[block_tables.long()].reshape(b, n * block_size, hkv, d)
+    return rows if rows.shape[1] == width else rows[:, :width]
+
+
 def paged_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, scale=None, *, sliding_window=None,
                         softcap=None, validate: bool = True):
-    """Gather each sequence's K/V from its blocks and run plain softmax attention in fp32."""
+    """Batched torch reference: padded gather of every sequence's K/V, masked softmax attention in fp32."""
     import torch
 
     _check(q, k_cache, v_cache, block_tables, seq_lens, validate)
+    _check_options(sliding_window, softcap, q.shape[0], validate)
     b, hq, d = q.shape
     block_size, hkv = k_cache.shape[1], k_cache.shape[2]
     group = hq // hkv
     scale = d**-0.5 if scale is None else scale
-    out = torch.empty_like(q)
-    for i in range(b):
-        n = int(seq_lens[i])
-        blocks = block_tables[i, : -(-n // block_size)].long()
-        k = k_cache[blocks].reshape(-1, hkv, d)[:n].float()
-        v = v_cache[blocks].reshape(-1, hkv, d)[:n].float()
-        if sliding_window is not None:
-            k, v = k[max(n - sliding_window, 0) :], v[max(n - sliding_window, 0) :]
-        k = k.repeat_interleave(group, dim=1)  # [n, Hq, D]
-        v = v.repeat_interleave(group, dim=1)
-        scores = torch.einsum("hd,nhd->hn", q[i].float(), k) * scale
-        if softcap is not None:
-            scores = torch.tanh(scores / softcap) * softcap
-        probs = torch.softmax(scores, dim=-1)
-        out[i] = torch.einsum("hn,nhd->hd", probs, v).to(q.dtype)
-    return out
+    lens = seq_lens.to(q.device)
+    shortest, width = (int(v) for v in lens.aminmax())
+    n_blocks = -(-width // block_size)
+    tables = block_tables[:, :n_blocks]
+    identity = _identity_tables(tables, k_cache.shape[0])
+    k = _gather(k_cache, tables, width, identity).permute(0, 2, 1, 3).float()  # [B, Hkv, W, D]
+    v = _gather(v_cache, tables, width, identity).permute(0, 2, 1, 3).float()
+    valid = None  # [B, W]: the keys each query attends; None: all W of them
+    pos = torch.arange(width, device=q.device)
+    if shortest < width:  # ragged: the tail of the shorter sequences is not theirs; never let it leak
+        valid = pos[None, :] < lens[:, None]
+        tail = valid[:, None, :, None]
+        k = torch.where(tail, k, torch.zeros((), dtype=k.dtype, device=k.device))
+        v = torch.where(tail, v, torch.zeros((), dtype=v.dtype, device=v.device))
+    if sliding_window is not None:
+        if torch.is_tensor(sliding_window):
+            sliding_window = sliding_window.to(q.device)
+        in_window = pos[None, :] >= (lens - sliding_window)[:, None]
+        valid = in_window if valid is None else valid & in_window
+    qg = q.reshape(b, hkv, group, d).float()  # the G query heads of a KV head attend as G query rows
+    if softcap is None:
+        mask = None if valid is None else valid[:, None, None, :]
+        out = torch.nn.functional.scaled_dot_product_attention(qg, k, v, attn_mask=mask, scale=scale)
+    else:
+        scores = torch.matmul(qg, k.transpose(-1, -2)) * scale  # [B, Hkv, G, W]
+        scores = torch.tanh(scores / softcap) * softcap
+        if valid is not None:
+            scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
+        out = torch.matmul(torch.softmax(scores, dim=-1), v)  # [B, Hkv, G, D]
+    return out.reshape(b, hq, d).to(q.dtype)
 
 
 @kernel_builder
@@ -107,37 +159,40 @@ def _kernels(interpret: bool):
 
     @triton.jit
     def paged_decode_fwd(
-        Q, K, V, BT, SL, Out,
+        Q, K, V, BT, SL, WIN, Out,
         scale, softcap, window,
         sq_b, sq_h, sk_blk, sk_tok, sk_h, sv_blk, sv_tok, sv_h, sbt_b, so_b, so_h,
         head_dim, block_size, group,
-        BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_WINDOW: tl.constexpr,
+        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_WINDOW: tl.constexpr,
+        PER_SEQ_WINDOW: tl.constexpr,
     ):
         b = tl.program_id(0).to(tl.int64)
         h = tl.program_id(1)
         kvh = (h // group).to(tl.int64)
         d = tl.arange(0, BLOCK_D)
         d_mask = d < head_dim
-        s = tl.arange(0, BLOCK_S)
-        s_in_block = s < block_size
+        n = tl.arange(0, BLOCK_N)
 
         q = tl.load(Q + b * sq_b + h * sq_h + d, mask=d_mask, other=0.0).to(tl.float32)
         seq_len = tl.load(SL + b)
         start = 0
         if HAS_WINDOW:
-            start = tl.maximum(seq_len - window, 0)
-        first_block = start // block_size
-        n_blocks = (seq_len + block_size - 1) // block_size
+            window_b = window
+            if PER_SEQ_WINDOW:
+                window_b = tl.load(WIN + b)
+            start = tl.maximum(seq_len - window_b, 0)
 
         m_i = -float("inf")
         l_i = 0.0
         acc = tl.full([BLOCK_D], 0.0, tl.float32)
-        for blk in range(first_block, n_blocks):
-            phys = tl.load(BT + b * sbt_b + blk).to(tl.int64)
-            tok = blk * block_size + s
-            valid = s_in_block & (tok < seq_len) & (tok >= start)
+        # Tiles of BLOCK_N tokens from the window's first token; each token finds its physical block.
+        for t0 in range(start, seq_len, BLOCK_N):
+            tok = t0 + n
+            valid = tok < seq_len
+            phys = tl.load(BT + b * sbt_b + tok // block_size, mask=valid, other=0).to(tl.int64)
+            slot = (tok % block_size).to(tl.int64)
             kv_mask = valid[:, None] & d_mask[None, :]
-            k_ptrs = K + phys * sk_blk + s[:, None] * sk_tok + kvh * sk_h + d[None, :]
+            k_ptrs = K + phys[:, None] * sk_blk + slot[:, None] * sk_tok + kvh * sk_h + d[None, :]
             k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
             scores = tl.reduce(k.to(tl.float32) * q[None, :], 1, tl.standard._sum_combine) * scale
             if HAS_SOFTCAP:
@@ -147,7 +202,7 @@ def _kernels(interpret: bool):
             m_new = tl.maximum(m_i, tl.reduce(scores, 0, tl.standard._elementwise_max))
             p = tl.exp(scores - m_new)
             correction = tl.exp(m_i - m_new)
-            v_ptrs = V + phys * sv_blk + s[:, None] * sv_tok + kvh * sv_h + d[None, :]
+            v_ptrs = V + phys[:, None] * sv_blk + slot[:, None] * sv_tok + kvh * sv_h + d[None, :]
             v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
             acc = acc * correction + tl.reduce(p[:, None] * v.to(tl.float32), 0, tl.standard._sum_combine)
             l_i = l_i * correction + tl.reduce(p, 0, tl.standard._sum_combine)
@@ -156,6 +211,11 @@ def _kernels(interpret: bool):
         tl.store(Out + b * so_b + h * so_h + d, out.to(Out.dtype.element_ty), mask=d_mask)
 
     return paged_decode_fwd
+
+
+def _tile(head_dim: int) -> int:
+    """Tokens per loop iteration: a [BLOCK_N, BLOCK_D] fp32 tile of K (and of V) stays small."""
+    return 32 if next_power_of_2(head_dim) <= 128 else 16
 
 
 def _launch(q, k_cache, v_cache, block_tables, seq_lens, scale, sliding_window, softcap):
@@ -168,25 +228,39 @@ def _launch(q, k_cache, v_cache, block_tables, seq_lens, scale, sliding_window, 
     v_cache = v_cache if v_cache.stride(-1) == 1 else v_cache.contiguous()
     block_tables = block_tables.to(torch.int32).contiguous()
     seq_lens = seq_lens.to(torch.int32).contiguous()
+    per_seq = torch.is_tensor(sliding_window)
+    windows = sliding_window.to(device=q.device, dtype=torch.int32).contiguous() if per_seq else seq_lens
     out = torch.empty((b, hq, d), dtype=q.dtype, device=q.device)
     _kernels()[(b, hq)](
-        q, k_cache, v_cache, block_tables, seq_lens, out,
+        q, k_cache, v_cache, block_tables, seq_lens, windows, out,
         float(d**-0.5 if scale is None else scale),
-        float(softcap or 1.0), int(sliding_window or 0),
+        float(softcap or 1.0), 0 if per_seq else int(sliding_window or 0),
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
         d, block_size, hq // hkv,
-        BLOCK_D=next_power_of_2(d), BLOCK_S=next_power_of_2(block_size),
-        HAS_SOFTCAP=softcap is not None, HAS_WINDOW=sliding_window is not None,
+        BLOCK_D=next_power_of_2(d), BLOCK_N=_tile(d),
+        HAS_SOFTCAP=softcap is not None, HAS_WINDOW=sliding_window is not None, PER_SEQ_WINDOW=per_seq,
         enable_fp_fusion=True,  # explicit: Triton 3.10 changes the default
     )
     return out
 
 
-def _check_options(sliding_window, softcap) -> None:
-    if sliding_window is not None and sliding_window < 1:
+def _check_options(sliding_window, softcap, batch: int, validate: bool) -> None:
+    import torch
+
+    if torch.is_tensor(sliding_window):
+        if sliding_window.shape != (batch,) or sliding_window.is_floating_point():
+            raise KernelInputError(
+                f"paged_attention: a per-sequence sliding_window must be an integer tensor [B={batch}], got "
+                f"{sliding_window.dtype} {tuple(sliding_window.shape)}"
+            )
+        if validate and int(sliding_window.min()) < 1:
+            raise KernelInputError(
+                f"paged_attention: every sliding_window must be >= 1, got {int(sliding_window.min())}"
+            )
+    elif sliding_window is not None and sliding_window < 1:
         raise KernelInputError(f"paged_attention: sliding_window must be >= 1 or None, got {sliding_window}")
     if softcap is not None and softcap <= 0:
         raise KernelInputError(f"paged_attention: softcap must be > 0 or None, got {softcap}")
@@ -196,7 +270,7 @@ def paged_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, scale=No
                            softcap=None, validate: bool = True):
     """The Triton kernel, whatever the dispatcher would pick."""
     _check(q, k_cache, v_cache, block_tables, seq_lens, validate)
-    _check_options(sliding_window, softcap)
+    _check_options(sliding_window, softcap, q.shape[0], validate)
     return _launch(q, k_cache, v_cache, block_tables, seq_lens, scale, sliding_window, softcap)
 
 
@@ -204,7 +278,7 @@ def paged_attention(q, k_cache, v_cache, block_tables, seq_lens, scale=None, *, 
                     softcap=None, validate: bool = True):
     """Paged decode attention; Triton where available (see module docstring), else the reference."""
     _check(q, k_cache, v_cache, block_tables, seq_lens, validate)
-    _check_options(sliding_window, softcap)
+    _check_options(sliding_window, softcap, q.shape[0], validate)
     use_triton = backend(q, k_cache, v_cache, block_tables, seq_lens) == "triton"
     if use_triton and not needs_grad(q, k_cache, v_cache):
         return _launch(q, k_cache, v_cache, block_tables, seq_lens, scale, sliding_window, softcap)

@@ -132,3 +132,86 @@ def test_compiles_for_cuda(monkeypatch, tmp_path, options):
     args, _ = paged_inputs([5, 40], 32, 8, 128, 16, torch.bfloat16)
     (kernel,) = compile_launches_for_gpu(monkeypatch, tmp_path, mod, paged_attention_triton, *args, **options)
     assert "cubin" in kernel.asm
+
+
+def dense_expected(q, dense, windows, scale=None):
+    """SDPA per sequence over its last ``windows[i]`` keys (None: all of them)."""
+    out = []
+    for i, (k, v) in enumerate(dense):
+        if windows[i] is not None:
+            k, v = k[-windows[i] :], v[-windows[i] :]
+        k, v = k.transpose(0, 1)[None].float(), v.transpose(0, 1)[None].float()
+        expected = F.scaled_dot_product_attention(q[i][None, :, None, :].float(), k, v, enable_gqa=True, scale=scale)
+        out.append(expected[0, :, 0, :])
+    return torch.stack(out).to(q.dtype)
+
+
+def test_reference_per_sequence_windows_equal_sdpa_on_dense_copy():
+    seq_lens = [1, 7, 16, 17, 30]
+    (q, kc, vc, bt, lens), dense = paged_inputs(seq_lens, 4, 2, 24, 8, torch.float32)
+    windows = torch.tensor([1, 3, 20, 17, 5], dtype=torch.int32)  # longer than, equal to, shorter than seq_len
+    out = paged_attention_ref(q, kc, vc, bt, lens, sliding_window=windows)
+    torch.testing.assert_close(out, dense_expected(q, dense, windows.tolist()), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("block_size", [1, 3, 40], ids=lambda n: f"block{n}")  # below and above the token tile
+def test_triton_per_sequence_windows_and_any_block_size(dtype, block_size):
+    args, _ = paged_inputs([1, 9, 41, 70], 6, 2, 16, block_size, dtype)
+    windows = torch.tensor([1, 4, 41, 33], dtype=torch.int32)
+    for options in ({}, {"sliding_window": windows}, {"sliding_window": windows, "softcap": 5.0}):
+        assert_close(paged_attention_triton(*args, **options), paged_attention_ref(*args, **options))
+
+
+def test_dense_cache_viewed_as_paged_equals_gathered_copy():
+    """A dense [B, Hkv, L, D] cache read in place (identity tables, one block of L tokens per row)."""
+    gen = torch.Generator().manual_seed(3)
+    b, hq, hkv, length, d = 3, 4, 2, 11, 16
+    keys, values = torch.randn(b, hkv, length, d, generator=gen), torch.randn(b, hkv, length, d, generator=gen)
+    q = torch.randn(b, hq, d, generator=gen)
+    tables = torch.arange(b, dtype=torch.int32)[:, None]
+    lens = torch.full((b,), length, dtype=torch.int32)
+    visible = torch.tensor([length, 4, 1], dtype=torch.int32)  # left padding: each row's last n tokens
+    view_args = (q, keys.transpose(1, 2), values.transpose(1, 2), tables, lens)
+    # the same tokens stored in reverse block order: a real gather through non-identity tables
+    copy_args = (q, view_args[1].flip(0), view_args[2].flip(0), tables.flip(0), lens)
+    dense = [(keys[i].transpose(0, 1), values[i].transpose(0, 1)) for i in range(b)]
+    expected = dense_expected(q, dense, visible.tolist())
+    for args in (view_args, copy_args):
+        torch.testing.assert_close(paged_attention_ref(*args, sliding_window=visible), expected, atol=1e-5, rtol=1e-5)
+        assert_close(paged_attention_triton(*args, sliding_window=visible), expected)
+
+
+@pytest.mark.parametrize("impl", [paged_attention_ref, paged_attention_triton])
+def test_garbage_past_each_sequence_never_leaks(impl):
+    args, _ = paged_inputs([3, 17, 9], 4, 2, 16, 8, torch.float32)
+    q, kc, vc, bt, lens = args
+    expected = impl(*args)
+    poisoned_k, poisoned_v = kc.clone(), vc.clone()
+    for row, n in enumerate(lens.tolist()):
+        last = int(bt[row, (n - 1) // 8])
+        poisoned_k[last, (n - 1) % 8 + 1 :] = float("nan")
+        poisoned_v[last, (n - 1) % 8 + 1 :] = float("nan")
+    assert poisoned_k.isnan().any()
+    got = impl(q, poisoned_k, poisoned_v, bt, lens)
+    assert not got.isnan().any()
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
+
+
+def test_bad_per_sequence_window_rejected():
+    args, _ = paged_inputs([4, 9], 2, 2, 16, 4, torch.float32)
+    with pytest.raises(SuntoolError, match=">= 1"):
+        paged_attention(*args, sliding_window=torch.tensor([2, 0], dtype=torch.int32))
+    with pytest.raises(SuntoolError, match="integer tensor"):
+        paged_attention(*args, sliding_window=torch.tensor([2], dtype=torch.int32))
+
+
+def test_compiles_for_cuda_with_per_sequence_windows(monkeypatch, tmp_path):
+    import suntool.kernels.paged_attention as mod
+
+    args, _ = paged_inputs([5, 40], 32, 8, 128, 1, torch.bfloat16)
+    windows = torch.tensor([5, 17], dtype=torch.int32)
+    (kernel,) = compile_launches_for_gpu(
+        monkeypatch, tmp_path, mod, paged_attention_triton, *args, sliding_window=windows
+    )
+    assert "cubin" in kernel.asm
