@@ -100,3 +100,5 @@ def test_compare_ratios():
     ratios = compare_ratios(fast, slow)
     assert ratios["output_token_throughput"] == pytest.approx(2.0)
     assert ratios["tpot_p50"] == pytest.approx(0.5) and ratios["ttft_p50"] == pytest.approx(0.5)
+    nothing = summarize([record("a", 0.0, 5.0, 9.0, 10)], 0.0, SLO(ttft=1.0), config="dedicated", rate=2.0)
+    assert compare_ratios(fast, nothing)["goodput"] == math.inf  # the baseline met no SLO

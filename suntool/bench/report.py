@@ -94,7 +94,11 @@ def compare_ratios(shared: RunSummary, dedicated: RunSummary) -> dict:
     """shared / dedicated for throughput and goodput; latency ratios the same way (lower is better)."""
 
     def ratio(a, b):
-        return a / b if b and not math.isnan(b) and not math.isnan(a) else math.nan
+        if math.isnan(a) or math.isnan(b):
+            return math.nan
+        if b == 0:
+            return math.inf if a > 0 else math.nan
+        return a / b
 
     return {
         "rate": shared.rate,
