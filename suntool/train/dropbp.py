@@ -19,7 +19,9 @@ through its K/V), `attention_dropped(layer)` tells it to detach that layer's K/V
 dropped attention branch gets no backward at all.
 
 Rates: every branch starts at rate p. `calibrate(grad_norm_of)` (the loop calls it once,
-after 10% of the steps) measures each branch's sensitivity — the squared drop in gradient
+after 10% of the steps, on the first `CALIBRATION_EXAMPLES` examples of that step's first
+micro-batch: 2L+1 forward/backward passes for L layers, so it stays cheap next to the run)
+measures each branch's sensitivity — the squared drop in gradient
 norm when only that branch is dropped, s_i = (|g| - |g_{-i}|)^2 — and `allocate_rates`
 reassigns rates greedily in 0.1 steps (each at most 0.9) until the expected kept
 backward FLOPs are at most (1 - p) of the total. Each step raises the rate of the branch
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
 
 RATE_STEP = 0.1
 MAX_RATE = 0.9
+CALIBRATION_EXAMPLES = 2
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,7 @@ def allocate_rates(
             choice = min(candidates, key=cost)
         tenths[choice] += 1
         kept -= step * flops[choice]
-    return [t * step for t in tenths]
+    return [round(t * step, 6) for t in tenths]
 
 
 class DropBP:

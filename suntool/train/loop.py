@@ -337,7 +337,10 @@ def train(
         batches = [collate([train_set.examples[i] for i in chunk], pad_id).to(device) for chunk in chunks]
         dropbp = setup.dropbp
         if dropbp is not None and step == calibrate_at and not dropbp.calibrated:
-            rates = _calibrate_dropbp(setup, batches[0], config, dist)
+            from suntool.train.dropbp import CALIBRATION_EXAMPLES
+
+            probe = collate([train_set.examples[i] for i in chunks[0][:CALIBRATION_EXAMPLES]], pad_id).to(device)
+            rates = _calibrate_dropbp(setup, probe, config, dist)
             state.dropbp_calibrated_at = step
             emit(TrainEvent("calibrate", step, steps, elapsed_s=time.perf_counter() - started,
                             message="DropBP rates " + " ".join(f"{r:.1f}" for r in rates)))
