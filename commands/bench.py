@@ -43,6 +43,9 @@ def bench_command(
     """Benchmark a server: TTFT/TPOT/throughput under Poisson, Zipf load."""
     from pathlib import Path
 
+    from suntool.serve import BENCH_PACKAGES, SERVE_PACKAGES, require
+
+    require({**BENCH_PACKAGES, **(SERVE_PACKAGES if local else {})}, "suntool bench")
     from suntool.bench.report import SLO
     from suntool.bench.runner import BenchConfig, run_bench
     from suntool.bench.workload import WorkloadSpec

@@ -38,6 +38,9 @@ def serve_command(
 ) -> None:
     """Serve artifacts over an OpenAI-compatible API with a shared decode pool."""
     from suntool.errors import SuntoolError
+    from suntool.serve import SERVE_PACKAGES, require
+
+    require(SERVE_PACKAGES, "suntool serve")
     from suntool.serve.app import ServeConfig, run_server
     from suntool.serve.engine import EngineConfig
 

@@ -39,3 +39,12 @@ def test_serve_bad_mode_and_names(capsys, llama_dir):
     assert code == 2 and "--mode" in err
     code, err = run(capsys, "serve", "--local", str(llama_dir), "--port", "0", "--name", "a", "--name", "b")
     assert code == 2 and "--name" in err
+
+
+def test_missing_optional_packages_are_a_user_error():
+    from suntool.errors import SuntoolError
+    from suntool.serve import require
+
+    require({"json": "json"}, "suntool serve")
+    with pytest.raises(SuntoolError, match=r"pip install 'suntool\[serve\]'"):
+        require({"no_such_module_for_suntool": "no-such"}, "suntool serve")
