@@ -93,7 +93,9 @@ def train_variant(variant: str, task_dir: Path, bases: dict[str, Path], train: P
     method, base, lora = TRAINED[variant]
     out = task_dir / variant
     if (out / "suntool.json").is_file():
+        print(f"  {out.parent.name}: {variant} already trained", flush=True)
         return out
+    print(f"  {out.parent.name}: training {variant}", flush=True)
     config = FinetuneConfig(
         artifact=str(bases[base]), data=str(train), out=str(out), method=method, lora=args.lora_rank if lora else 0,
         steps=args.steps, lr=args.lora_lr if lora else args.lr, batch_size=args.batch_size,
@@ -189,7 +191,6 @@ def main(argv=None) -> int:
         train, test_path, test = prepare_data(task, task_dir, args.train, args.test)
         for variant in variants:
             if variant in TRAINED:
-                print(f"  {task}: training {variant}", flush=True)
                 train_variant(variant, task_dir, bases, train, test_path, args)
         for variant in variants:
             result = evaluate(variant, task, task_dir, bases, test, args)
