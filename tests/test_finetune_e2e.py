@@ -166,3 +166,22 @@ def test_the_command_line(llama_dir, data, tmp_path, capsys):
         main(["finetune", str(source), "--data", str(data), "-o", str(tmp_path / "y"), "--attention", "affine"])
     assert exit_info.value.code == 2
     assert "attention (--attention) must be one of standard" in capsys.readouterr().err
+
+
+def test_sun_trains_against_a_quantized_shared_decode_half(llama_dir, data, tmp_path):
+    """QSUN: the prefill half learns through a 4-bit decode half, which stays exactly as quantized."""
+    from suntool.quantize import QuantizeArtifactConfig, quantize_artifact
+
+    source = make_artifact(llama_dir, tmp_path / "art", "sun")
+    quantized = tmp_path / "qsun"
+    quantize_artifact(QuantizeArtifactConfig(artifact=source, out=quantized, bits=4, method="rtn", group_size=32))
+    shared = read_manifest(quantized).decode
+    assert shared.quantization
+    out = tmp_path / "tuned"
+    result = finetune(tiny_config(quantized, data, out, method="sun", eval_data=str(data)))
+    assert result.summary.final_eval_loss < 0.8 * result.summary.initial_eval_loss
+    manifest = read_manifest(out)
+    assert manifest.decode == shared.__class__(**{**shared.__dict__, "path": "decode"})
+    assert manifest.prefill.trained_against == shared.sha256
+    assert fingerprint_checkpoint(out / "decode") == shared.sha256
+    _generate(out)

@@ -114,12 +114,13 @@ def finetune(config: FinetuneConfig, callback: Callback | None = None) -> Finetu
         tokenizer = load_tokenizer(ref.prefill_dir)
         train_set = load_examples(Path(config.data), tokenizer, max_length=config.max_length, truncate=config.truncate)
         eval_set = None
+        truncated = train_set.truncated
         if config.eval_data:
             eval_set = load_examples(Path(config.eval_data), tokenizer, max_length=config.max_length,
                                      truncate=config.truncate)
+            truncated += eval_set.truncated
         elif config.eval_fraction:
             train_set, eval_set = _split_eval(train_set, config.eval_fraction, config.seed)
-        truncated = train_set.truncated + (eval_set.truncated if eval_set else 0)
         say(f"{len(train_set)} training examples" + (f", {len(eval_set)} held out" if eval_set else "")
             + (f" ({truncated} truncated to {config.max_length} tokens)" if truncated else ""))
         if config.resume and resume_from is None:
