@@ -32,11 +32,11 @@ SERVE_MODES = ("sun", "prefillshare")
 
 @dataclass(frozen=True)
 class HalfKey:
-    """Identity of loaded weights: the same key means the same tensors."""
+    """Identity of loaded weights: the same fingerprint and adapter mean the same tensors."""
 
-    path: str
     sha256: str
     adapter: str | None
+    path: str = field(compare=False)  # where to load it from (any of the copies)
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def _half_key(ref, half: str) -> HalfKey:
     if entry.adapter:
         adapter_path = Path(entry.adapter)
         adapter = str(adapter_path if adapter_path.is_absolute() else (ref.path / adapter_path).resolve())
-    return HalfKey(path=str(ref.half_dir(half).resolve()), sha256=entry.sha256, adapter=adapter)
+    return HalfKey(sha256=entry.sha256, adapter=adapter, path=str(ref.half_dir(half).resolve()))
 
 
 def model_names(paths: list[str], names: list[str] | None) -> list[str]:
@@ -177,17 +177,17 @@ class LoadedPlan:
 
 
 def load_plan(plan: ModelPlan, *, dtype: str | None = "float32", device: str = "cpu", progress=None) -> LoadedPlan:
-    """Load every distinct half once, and each model's tokenizer."""
+    """Load the weights every group runs, each distinct half once, and each model's tokenizer."""
     from suntool.artifact import _load_half
     from suntool.checkpoint import load_tokenizer
 
     say = progress or (lambda _message: None)
     weights: dict[HalfKey, Any] = {}
-    for spec in plan.models:
-        for half in ("prefill", "decode"):
-            key = _half_key(spec.ref, half)
-            if key not in weights:
-                say(f"loading {spec.name} {half} half ({key.sha256[:19]}…)")
-                weights[key] = _load_half(spec.ref, half, dtype, device)
+    for group in plan.groups.values():
+        key = group.weights
+        if key not in weights:
+            spec = plan.model(group.models[0])
+            say(f"loading the {group.half} half of {', '.join(group.models)} ({key.sha256[:19]}…)")
+            weights[key] = _load_half(spec.ref, group.half, dtype, device)
     tokenizers = {spec.name: load_tokenizer(spec.ref.prefill_dir) for spec in plan.models}
     return LoadedPlan(plan=plan, weights=weights, tokenizers=tokenizers)
