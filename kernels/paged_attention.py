@@ -41,6 +41,9 @@ Contract:
 
 from __future__ import annotations
 
+import threading
+import weakref
+
 from suntool.kernels.dispatch import KernelInputError, backend, kernel_builder, needs_grad, next_power_of_2
 
 
@@ -106,47 +109,93 @@ def _gather(cache, block_tables, width: int, identity: bool):
     return rows if rows.shape[1] == width else rows[:, :width]
 
 
-def paged_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, scale=None, *, sliding_window=None,
-                        softcap=None, validate: bool = True):
-    """Batched torch reference: padded gather of every sequence's K/V, masked softmax attention in fp32."""
+class _Layout:
+    """What the reference derives from (block tables, seq_lens, window) alone: the same for every layer."""
+
+    __slots__ = ("width", "tables", "identity", "in_sequence", "mask")
+
+    def __init__(self, block_tables, seq_lens, sliding_window, num_blocks: int, block_size: int, device):
+        import torch
+
+        lens = seq_lens.to(device)
+        shortest, self.width = (int(v) for v in lens.aminmax())
+        self.tables = block_tables[:, : -(-self.width // block_size)]
+        self.identity = _identity_tables(self.tables, num_blocks)
+        pos = torch.arange(self.width, device=device)
+        valid = None  # [B, W]: the keys each query attends; None: all W of them
+        self.in_sequence = None  # [B, 1, W, 1]: positions < seq_len, when some row is shorter than W
+        if shortest < self.width:
+            valid = pos[None, :] < lens[:, None]
+            self.in_sequence = valid[:, None, :, None]
+        if sliding_window is not None:
+            if torch.is_tensor(sliding_window):
+                sliding_window = sliding_window.to(device)
+            in_window = pos[None, :] >= (lens - sliding_window)[:, None]
+            valid = in_window if valid is None else valid & in_window
+        self.mask = None if valid is None else valid[:, None, None, :]  # [B, 1, 1, W]
+
+
+_layouts = threading.local()
+
+
+def _layout(block_tables, seq_lens, sliding_window, num_blocks: int, block_size: int, device) -> _Layout:
+    """`_Layout` memoised per thread on the identity *and version* of its tensors.
+
+    The layers of one decode step pass the same block-table / seq_lens / window tensors, so the layout
+    is derived once per step; an in-place update of any of them bumps its version and misses the memo.
+    Inference-mode tensors have no version counter: their layout is always recomputed.
+    """
     import torch
 
-    _check(q, k_cache, v_cache, block_tables, seq_lens, validate)
-    _check_options(sliding_window, softcap, q.shape[0], validate)
+    tensors = [t for t in (block_tables, seq_lens, sliding_window) if torch.is_tensor(t)]
+    if any(t.is_inference() for t in tensors):
+        return _Layout(block_tables, seq_lens, sliding_window, num_blocks, block_size, device)
+    key = (tuple((id(t), t._version) for t in tensors), sliding_window if not tensors[2:] else None,
+           num_blocks, block_size, device)
+    memo = getattr(_layouts, "memo", None)
+    if memo is None:
+        memo = _layouts.memo = {}
+    hit = memo.get(key)
+    if hit is not None and all(ref() is t for ref, t in zip(hit[0], tensors, strict=True)):
+        return hit[1]
+    layout = _Layout(block_tables, seq_lens, sliding_window, num_blocks, block_size, device)
+    if len(memo) >= 16:
+        memo.clear()
+    memo[key] = (tuple(weakref.ref(t) for t in tensors), layout)
+    return layout
+
+
+def _reference(q, k_cache, v_cache, block_tables, seq_lens, scale, sliding_window, softcap):
+    """`paged_attention_ref` on inputs already checked."""
+    import torch
+
     b, hq, d = q.shape
-    block_size, hkv = k_cache.shape[1], k_cache.shape[2]
-    group = hq // hkv
+    num_blocks, block_size, hkv = k_cache.shape[0], k_cache.shape[1], k_cache.shape[2]
+    layout = _layout(block_tables, seq_lens, sliding_window, num_blocks, block_size, q.device)
+    k = _gather(k_cache, layout.tables, layout.width, layout.identity).permute(0, 2, 1, 3).float()  # [B,Hkv,W,D]
+    v = _gather(v_cache, layout.tables, layout.width, layout.identity).permute(0, 2, 1, 3).float()
+    if layout.in_sequence is not None:  # ragged: the tail of the shorter rows is not theirs; never let it leak
+        k = torch.where(layout.in_sequence, k, torch.zeros((), dtype=k.dtype, device=k.device))
+        v = torch.where(layout.in_sequence, v, torch.zeros((), dtype=v.dtype, device=v.device))
+    qg = q.reshape(b, hkv, hq // hkv, d).float()  # the G query heads of a KV head attend as G query rows
     scale = d**-0.5 if scale is None else scale
-    lens = seq_lens.to(q.device)
-    shortest, width = (int(v) for v in lens.aminmax())
-    n_blocks = -(-width // block_size)
-    tables = block_tables[:, :n_blocks]
-    identity = _identity_tables(tables, k_cache.shape[0])
-    k = _gather(k_cache, tables, width, identity).permute(0, 2, 1, 3).float()  # [B, Hkv, W, D]
-    v = _gather(v_cache, tables, width, identity).permute(0, 2, 1, 3).float()
-    valid = None  # [B, W]: the keys each query attends; None: all W of them
-    pos = torch.arange(width, device=q.device)
-    if shortest < width:  # ragged: the tail of the shorter sequences is not theirs; never let it leak
-        valid = pos[None, :] < lens[:, None]
-        tail = valid[:, None, :, None]
-        k = torch.where(tail, k, torch.zeros((), dtype=k.dtype, device=k.device))
-        v = torch.where(tail, v, torch.zeros((), dtype=v.dtype, device=v.device))
-    if sliding_window is not None:
-        if torch.is_tensor(sliding_window):
-            sliding_window = sliding_window.to(q.device)
-        in_window = pos[None, :] >= (lens - sliding_window)[:, None]
-        valid = in_window if valid is None else valid & in_window
-    qg = q.reshape(b, hkv, group, d).float()  # the G query heads of a KV head attend as G query rows
     if softcap is None:
-        mask = None if valid is None else valid[:, None, None, :]
-        out = torch.nn.functional.scaled_dot_product_attention(qg, k, v, attn_mask=mask, scale=scale)
+        out = torch.nn.functional.scaled_dot_product_attention(qg, k, v, attn_mask=layout.mask, scale=scale)
     else:
         scores = torch.matmul(qg, k.transpose(-1, -2)) * scale  # [B, Hkv, G, W]
         scores = torch.tanh(scores / softcap) * softcap
-        if valid is not None:
-            scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
+        if layout.mask is not None:
+            scores = scores.masked_fill(~layout.mask, float("-inf"))
         out = torch.matmul(torch.softmax(scores, dim=-1), v)  # [B, Hkv, G, D]
     return out.reshape(b, hq, d).to(q.dtype)
+
+
+def paged_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, scale=None, *, sliding_window=None,
+                        softcap=None, validate: bool = True):
+    """Batched torch reference: padded gather of every sequence's K/V, masked softmax attention in fp32."""
+    _check(q, k_cache, v_cache, block_tables, seq_lens, validate)
+    _check_options(sliding_window, softcap, q.shape[0], validate)
+    return _reference(q, k_cache, v_cache, block_tables, seq_lens, scale, sliding_window, softcap)
 
 
 @kernel_builder
@@ -282,5 +331,4 @@ def paged_attention(q, k_cache, v_cache, block_tables, seq_lens, scale=None, *, 
     use_triton = backend(q, k_cache, v_cache, block_tables, seq_lens) == "triton"
     if use_triton and not needs_grad(q, k_cache, v_cache):
         return _launch(q, k_cache, v_cache, block_tables, seq_lens, scale, sliding_window, softcap)
-    return paged_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, scale,
-                               sliding_window=sliding_window, softcap=softcap, validate=False)
+    return _reference(q, k_cache, v_cache, block_tables, seq_lens, scale, sliding_window, softcap)

@@ -53,6 +53,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from suntool.errors import SuntoolError
+from suntool.kernels import paged_attention as _paged  # kernel modules import neither torch nor triton
+from suntool.kernels import rmsnorm as _rmsnorm
+from suntool.kernels import rotary as _rotary
+from suntool.kernels import w4a16 as _w4a16
 
 if TYPE_CHECKING:
     import torch
@@ -168,8 +172,6 @@ def _rmsnorm_convention(module) -> tuple[float, float]:
     """(eps, offset) such that the kernel reference reproduces `module`'s own forward bit for bit."""
     import torch
 
-    from suntool.kernels.rmsnorm import rmsnorm_ref
-
     weight = getattr(module, "weight", None)
     if not isinstance(weight, torch.Tensor) or weight.dim() != 1:
         raise SuntoolError(f"{type(module).__name__} has no 1-D weight; the kernels path cannot route it")
@@ -179,7 +181,7 @@ def _rmsnorm_convention(module) -> tuple[float, float]:
     with torch.no_grad():
         expected = type(module).forward(module, x)
         for offset in (0.0, 1.0):
-            if torch.equal(rmsnorm_ref(x, weight, eps, offset), expected):
+            if torch.equal(_rmsnorm.rmsnorm_ref(x, weight, eps, offset), expected):
                 return eps, offset
     raise SuntoolError(
         f"{type(module).__name__}'s forward is neither `w * rmsnorm(x)` nor `(1 + w) * rmsnorm(x)` computed "
@@ -188,10 +190,8 @@ def _rmsnorm_convention(module) -> tuple[float, float]:
 
 
 def _rmsnorm_forward(self, hidden_states):
-    from suntool.kernels.rmsnorm import rmsnorm
-
     eps, offset = getattr(self, _NORM_ATTR)
-    return rmsnorm(hidden_states, self.weight, eps, offset)
+    return _rmsnorm.rmsnorm(hidden_states, self.weight, eps, offset)
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,8 +217,6 @@ def _check_rotary(modeling, config) -> None:
     """The kernel reference must equal the modeling file's rotary bit for bit on this model's sizes."""
     import torch
 
-    from suntool.kernels.rotary import apply_rotary_ref
-
     original = _original_rotary(modeling)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     rope = getattr(config, "rope_parameters", None) or {}
@@ -229,7 +227,7 @@ def _check_rotary(modeling, config) -> None:
     k = torch.randn(2, 1, 5, head_dim, generator=generator)
     angles = torch.randn(2, 5, rot_dim // 2, generator=generator)
     cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
-    theirs, ours = original(q, k, cos, sin), apply_rotary_ref(q, k, cos, sin)
+    theirs, ours = original(q, k, cos, sin), _rotary.apply_rotary_ref(q, k, cos, sin)
     if not all(torch.equal(a, b) for a, b in zip(theirs, ours, strict=True)):
         raise SuntoolError(
             f"{modeling.__name__}.apply_rotary_pos_emb is not the rotate_half convention the rotary kernel "
@@ -246,9 +244,7 @@ def _route_rotary(modeling) -> None:
 
     def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1):
         if _IN_ENABLED_ATTENTION.get():
-            from suntool.kernels.rotary import apply_rotary
-
-            return apply_rotary(q, k, cos, sin, unsqueeze_dim)
+            return _rotary.apply_rotary(q, k, cos, sin, unsqueeze_dim)
         return original(q, k, cos, sin, unsqueeze_dim)
 
     apply_rotary_pos_emb.__doc__ = (
@@ -320,7 +316,7 @@ def _decode_plan(mask, batch: int, length: int, device) -> _DecodePlan | None:
     memo = getattr(_plans, "memo", None)
     if memo is None:
         memo = _plans.memo = {}
-    key = (id(mask), batch, length, str(device))
+    key = (id(mask), batch, length, device)
     hit = memo.get(key)
     if hit is not None and (hit[0] is None or hit[0]() is mask):
         return hit[1]
@@ -370,8 +366,6 @@ def _decode_attention(module, query, key, value, attention_mask, kwargs: dict[st
     """`[B, 1, Hq, D]` through paged_attention for a decode step, or None to run the original."""
     if query.shape[2] != 1 or module.training or kwargs.get("output_attentions") or key.shape[2] == 0:
         return None
-    from suntool.kernels.paged_attention import paged_attention
-
     batch, _, length, _ = key.shape
     plan = _decode_plan(attention_mask, batch, length, query.device)
     if plan is None:
@@ -384,7 +378,7 @@ def _decode_attention(module, query, key, value, attention_mask, kwargs: dict[st
 
         base = torch.arange(batch, device=query.device, dtype=torch.int32)[:, None] * (key.shape[1] * length)
         tables = plan.tables + base
-    out = paged_attention(
+    out = _paged.paged_attention(
         query[:, :, 0, :],
         k_cache,
         v_cache,
@@ -415,6 +409,4 @@ def _quant_linears(model, *, enable: bool) -> None:
 
 
 def _quant_linear_forward(self, x):
-    from suntool.kernels.w4a16 import w4a16_matmul
-
-    return w4a16_matmul(x, self.qweight, self.qzeros, self.scales, self.g_idx, self.bias)
+    return _w4a16.w4a16_matmul(x, self.qweight, self.qzeros, self.scales, self.g_idx, self.bias)

@@ -215,3 +215,21 @@ def test_compiles_for_cuda_with_per_sequence_windows(monkeypatch, tmp_path):
         monkeypatch, tmp_path, mod, paged_attention_triton, *args, sliding_window=windows
     )
     assert "cubin" in kernel.asm
+
+
+def test_reference_layout_memo_follows_in_place_updates():
+    """The reference reuses what it derives from (tables, seq_lens, window) across calls, never stale."""
+    args, _ = paged_inputs([5, 12, 9], 4, 2, 16, 4, torch.float32)
+    q, kc, vc, bt, lens = args
+    windows = torch.tensor([5, 3, 9], dtype=torch.int32)
+    first = paged_attention_ref(q, kc, vc, bt, lens, sliding_window=windows)
+    assert torch.equal(paged_attention_ref(q, kc, vc, bt, lens, sliding_window=windows), first)
+    lens[1] -= 2  # a decode loop updating its buffers in place
+    windows[0] = 1
+    fresh = paged_attention_ref(q, kc, vc, bt, lens.clone(), sliding_window=windows.clone())
+    assert not torch.allclose(fresh, first)
+    assert torch.equal(paged_attention_ref(q, kc, vc, bt, lens, sliding_window=windows), fresh)
+    with torch.inference_mode():  # inference tensors carry no version counter: recomputed every call
+        tensors = [t.clone() for t in (q, kc, vc, bt, lens, windows)]
+        got = paged_attention_ref(*tensors[:5], sliding_window=tensors[5])
+    assert torch.equal(got, fresh)
