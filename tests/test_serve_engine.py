@@ -306,3 +306,27 @@ def test_prefill_first_token_convention(tiny_checkpoints, tmp_path):
         engine.close()
     assert_matches_reference(collector, artifacts, PROMPTS, 14)  # also through preemption and recompute
     assert stats.preemptions > 0 and stats.kv_blocks_used == 0
+
+
+def test_recompute_right_after_the_prefill_token(tiny_checkpoints, tmp_path):
+    """Prefill convention: preempted after its first token (made by the prefill half), nothing to catch up."""
+    split(SplitConfig(model=str(tiny_checkpoints["llama"]), out=tmp_path / "p", first_token="prefill"))
+    engine = Engine.from_artifacts([tmp_path / "p"], names=["p"], config=EngineConfig(block_size=4))
+    try:
+        model = engine.models["p"]
+        prompt = model.encode(PROMPTS[0], add_special_tokens=True)
+        fresh = Collector(1)
+        engine.submit("p", prompt, SamplingParams(max_tokens=6), fresh.sink("fresh"))
+        fresh.wait()
+        expected = fresh.result("fresh")[0]
+        from suntool.serve.sequence import Sequence
+
+        seq = Sequence(model=model, prompt_ids=prompt, params=SamplingParams(max_tokens=6), sink=lambda e: None)
+        seq.output_ids = expected[:1]  # as if preempted right after the prefill half's token
+        worker = model.prefill.worker
+        assert worker._reserve(seq, wait=False)
+        worker._run_paged(seq)
+        assert seq.num_cached == len(prompt) == seq.length - 1
+        engine.allocator.free(seq.block_table)
+    finally:
+        engine.close()

@@ -222,8 +222,9 @@ class PrefillWorker(threading.Thread):
                 first_logits = logits[:, -1]
         seq.num_cached = end
         seq.prefix_blocks = end // self.engine.pool.block_size if group.prefix_cache else 0
-        if seq.output_ids:  # recompute after preemption: the decode half rebuilds the generated tokens' K/V
+        if seq.length - 1 > end:  # recompute after preemption: the decode half rebuilds the generated tokens' K/V
             forward_paged(self.engine.pool, seq.model.decode.model, seq, end, seq.length - 1)
+        if seq.output_ids:
             seq.num_cached = seq.length - 1
         return first_logits
 
@@ -281,7 +282,8 @@ class DecodeWorker(threading.Thread):
                         leftover = self.running + self.inbox
                         self.running, self.inbox = [], []
                         break
-                    self.running.extend(self.inbox)
+                    present = set(map(id, self.running))
+                    self.running.extend(s for s in self.inbox if id(s) not in present)
                     self.inbox.clear()
                 for seq in [s for s in self.running if s.aborted]:
                     self.running.remove(seq)
@@ -299,28 +301,36 @@ class DecodeWorker(threading.Thread):
         for seq in leftover:
             self.engine.finish(seq, "abort")
 
-    def _preempt_for(self, seq: Sequence, ready: list[Sequence]) -> bool:
-        """Free blocks by preempting the newest other sequence; False if `seq` itself had to go."""
+    def _preempt_for(self, seq: Sequence, ready: list[Sequence], preempted: set[int]) -> bool:
+        """Free blocks by preempting the newest sequence of this worker; False if `seq` itself had to go.
+
+        The victim leaves `running` here, before `engine.preempt` hands it to its prefill worker: that
+        worker may recompute it and route it back to this worker's inbox before this step ends.
+        """
         candidates = [s for s in self.running if not s.finished and s.worker is self]
         victim = max(candidates + [seq], key=lambda s: s.arrival)
         if victim in ready:
             ready.remove(victim)
+        if victim in self.running:
+            self.running.remove(victim)
+        preempted.add(id(victim))
         self.engine.preempt(victim)
         return victim is not seq
 
     def _step(self, group: DecodeGroup, batch: list[Sequence]) -> None:
         engine, allocator = self.engine, self.engine.allocator
         ready: list[Sequence] = []
+        preempted: set[int] = set()  # ids preempted during this step: skipped even if already routed back
         for seq in sorted(batch, key=lambda s: s.arrival):
-            if seq.finished or seq.worker is not self:
+            if seq.finished or seq.worker is not self or id(seq) in preempted:
                 continue
             while seq.num_cached // allocator.block_size >= len(seq.block_table):
                 try:
                     seq.block_table += allocator.allocate(1)
                 except OutOfBlocks:
-                    if not self._preempt_for(seq, ready):
+                    if not self._preempt_for(seq, ready, preempted):
                         break
-            if seq.worker is self and not seq.finished:
+            if id(seq) not in preempted and not seq.finished:
                 ready.append(seq)
         if not ready:
             return
