@@ -107,7 +107,8 @@ def train_variant(variant: str, task_dir: Path, bases: dict[str, Path], train: P
     def report(event) -> None:
         if event.kind in ("eval", "done") or (event.kind == "step" and event.step % 10 == 0):
             loss = event.eval_loss if event.kind == "eval" else event.loss
-            print(f"    [{variant}] {event.kind} step {event.step}/{event.total_steps} loss {loss:.4f} "
+            what = {"eval": "eval loss", "step": "train loss", "done": "done, train loss"}[event.kind]
+            print(f"    [{variant}] step {event.step}/{event.total_steps} {what} {loss:.4f} "
                   f"({time.time() - started:.0f}s)", flush=True)
 
     finetune(config, report)
