@@ -379,7 +379,7 @@ def _decode_attention(module, query, key, value, attention_mask, kwargs: dict[st
         base = torch.arange(batch, device=query.device, dtype=torch.int32)[:, None] * (key.shape[1] * length)
         tables = plan.tables + base
     out = _paged.paged_attention(
-        query[:, :, 0, :],
+        query.select(2, 0),
         k_cache,
         v_cache,
         tables,
@@ -389,7 +389,7 @@ def _decode_attention(module, query, key, value, attention_mask, kwargs: dict[st
         softcap=kwargs.get("softcap"),
         validate=False,
     )
-    return out[:, None]
+    return out.unsqueeze(1)
 
 
 # --------------------------------------------------------------------------------------------

@@ -233,3 +233,15 @@ def test_reference_layout_memo_follows_in_place_updates():
         tensors = [t.clone() for t in (q, kc, vc, bt, lens, windows)]
         got = paged_attention_ref(*tensors[:5], sliding_window=tensors[5])
     assert torch.equal(got, fresh)
+
+
+def test_reference_row_chunks_equal_one_pass(monkeypatch):
+    import suntool.kernels.paged_attention as mod
+
+    args, _ = paged_inputs([3, 17, 9, 30, 1], 4, 2, 16, 4, torch.float32)
+    options = {"sliding_window": torch.tensor([2, 9, 9, 30, 1], dtype=torch.int32), "softcap": 7.0}
+    for opts in ({}, options):
+        whole = paged_attention_ref(*args, **opts)
+        monkeypatch.setattr(mod, "_GATHER_BYTES", 1)  # one row per chunk
+        torch.testing.assert_close(paged_attention_ref(*args, **opts), whole, atol=1e-6, rtol=1e-6)
+        monkeypatch.setattr(mod, "_GATHER_BYTES", 4 << 20)
