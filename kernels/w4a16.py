@@ -71,8 +71,10 @@ def unpack_qweight_ref(qweight):
     """GPTQ ``qweight`` int32 ``[in/8, out]`` -> int32 ``[in, out]`` of values 0..15."""
     import torch
 
-    nib = (qweight.to(torch.int64)[:, None, :] >> _shifts(qweight.device)[None, :, None]) & 0xF
-    return nib.reshape(qweight.shape[0] * 8, qweight.shape[1]).to(torch.int32)
+    # int32 arithmetic shifts are exact here: the 0xF mask drops the sign bits a negative word shifts in.
+    shifts = torch.arange(0, 32, 4, dtype=torch.int32, device=qweight.device)[None, :, None]
+    nib = (qweight.to(torch.int32)[:, None, :] >> shifts) & 0xF
+    return nib.reshape(qweight.shape[0] * 8, qweight.shape[1])
 
 
 def pack_zeros(zeros):
@@ -131,10 +133,9 @@ def _check(x, qweight, qzeros, scales, g_idx) -> None:
 def dequantize_ref(qweight, qzeros, scales, g_idx):
     """Dequantize GPTQ-packed 4-bit weights to fp32 ``[in, out]`` (module docstring has the convention)."""
     _check(None, qweight, qzeros, scales, g_idx)
-    q = unpack_qweight_ref(qweight)
-    zeros = unpack_zeros_ref(qzeros)
     g = g_idx.long()
-    return (q - zeros[g]).float() * scales.float()[g]
+    zeros = unpack_zeros_ref(qzeros).float().index_select(0, g)  # [in, out]
+    return (unpack_qweight_ref(qweight).float() - zeros).mul_(scales.float().index_select(0, g))
 
 
 def w4a16_matmul_ref(x, qweight, qzeros, scales, g_idx, bias=None):
