@@ -23,6 +23,16 @@ from tests.tiny_models import ARCHITECTURES, EOS_ID, PAD_ID, build_model
 SLIDING = {"mistral", "gemma2", "gemma3_text"}
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models: one intra-op thread. On a busy 2-core machine two threads make every tiny op wait for a
+    descheduled peer (a decode of 14 tokens goes from 10 ms to 3 s); results are the same either way."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def spies(monkeypatch):
     """Count the calls that reach each kernel dispatcher (and keep paged attention's arguments)."""
