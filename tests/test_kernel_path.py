@@ -301,3 +301,44 @@ def test_prefill_and_training_use_the_original_attention(monkeypatch):
     module.train()
     kernel_path.kernel_attention_sdpa(module, query, key, value, mask, scaling=0.25)
     assert calls == []
+
+
+def test_generate_texts_over_an_artifact_with_kernels(tiny_checkpoints, tmp_path, spies):
+    """The `suntool generate` path: load_artifact, enable kernels on both halves, same text as without."""
+    from suntool.artifact import load_artifact
+    from suntool.generation import generate_texts
+    from suntool.split import SplitConfig, split
+
+    prompts = ["Paris is the capital", "def add(a, b):", "Question: what is 12 plus 30? Answer:"]
+    split(SplitConfig(model=str(tiny_checkpoints["gemma2"]), out=tmp_path / "art"))
+    config = SamplingConfig(max_new_tokens=12)
+    expected = generate_texts(load_artifact(tmp_path / "art"), prompts, config)
+    loaded = load_artifact(tmp_path / "art")
+    enable_kernels(loaded.prefill_model)
+    enable_kernels(loaded.decode_model)  # the same object when both halves are the same weights: a no-op
+    assert spies["paged_attention"] == 0
+    assert [r.tokens for r in generate_texts(loaded, prompts, config)] == [r.tokens for r in expected]
+    assert spies["paged_attention"] > 0
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
+def test_serving_engine_with_kernels_equals_generate(arch, tiny_checkpoints, tmp_path, spies):
+    """The serving engine's decode pool (left-padded gathers of paged blocks) through the kernels path."""
+    from suntool.serve.engine import Engine, EngineConfig
+    from suntool.serve.models import load_plan, plan_models
+    from suntool.serve.sequence import SamplingParams
+    from tests.test_serve_engine import PROMPTS, assert_matches_reference, make_task_artifacts, run_all
+
+    artifacts = dict(zip(["a", "b"], make_task_artifacts(tiny_checkpoints[arch], tmp_path, ["a", "b"]), strict=True))
+    loaded = load_plan(plan_models([str(p) for p in artifacts.values()]), dtype="float32")
+    for model in loaded.weights.values():
+        enable_kernels(model)
+    engine = Engine(loaded, EngineConfig(block_size=4, kv_blocks=64))
+    try:
+        collector = run_all(engine, [(n, p) for p in PROMPTS for n in artifacts], SamplingParams(max_tokens=20))
+    finally:
+        engine.close()
+    assert spies["paged_attention"] > 0
+    spies.clear()
+    assert_matches_reference(collector, artifacts, PROMPTS, 20)  # plain load_artifact + generate_texts
+    assert spies["paged_attention"] == 0
