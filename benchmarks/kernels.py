@@ -8,7 +8,9 @@ Every number is a median wall time over ``--repeats`` runs after warm-up, and ev
 measured in this one run on this one machine (DESIGN.md section 8):
 - ``ref/triton``: how much faster the Triton kernel is than its pure-torch reference (GPU only);
 - ``<baseline>/<impl>``: against a PyTorch op doing the comparable work: ``F.rms_norm``,
-  ``F.scaled_dot_product_attention`` on a dense copy of the paged cache (paged attention) or as plain
+  ``F.scaled_dot_product_attention`` on a dense copy of the paged cache (paged attention; ``ref`` gathers
+  shuffled blocks, ``ref_dense_view`` reads that dense cache in place through identity block tables, as
+  `suntool.kernel_path` does with transformers' cache) or as plain
   causal attention (affine attention: the price of the affine terms), a dense ``x @ W`` in the
   activation dtype (w4a16: the cost of dequantizing on the fly vs reading a 16-bit weight).
 On a machine without a GPU only the reference and baseline paths are timed: Triton's CPU interpreter
@@ -139,8 +141,13 @@ def paged_attention_cases(device, dtype, gpu):
         dense_k = k_cache[tables.long()].reshape(b, -1, hkv, d)[:, :length].transpose(1, 2).contiguous()
         dense_v = v_cache[tables.long()].reshape(b, -1, hkv, d)[:, :length].transpose(1, 2).contiguous()
         args = (q, k_cache, v_cache, tables, lens)
+        # The dense cache read in place as B blocks of `length` tokens (what suntool.kernel_path does with
+        # transformers' cache): identity block tables, so the reference gathers nothing.
+        dense_view = (q, dense_k.transpose(1, 2), dense_v.transpose(1, 2),
+                      torch.arange(b, dtype=torch.int32, device=device)[:, None], lens)
         impls = {
             "ref": lambda a=args: paged_attention_ref(*a, validate=False),
+            "ref_dense_view": lambda a=dense_view: paged_attention_ref(*a, validate=False),
             "sdpa_dense": lambda q=q, k=dense_k, v=dense_v: F.scaled_dot_product_attention(
                 q[:, :, None, :], k, v, enable_gqa=True
             ),
@@ -225,8 +232,9 @@ def _ratios(timings: dict[str, float], baseline: str) -> dict[str, float]:
         ratios["ref/triton"] = timings["ref"] / timings["triton"]
         if baseline != "ref":
             ratios[f"{baseline}/triton"] = timings[baseline] / timings["triton"]
-    if baseline != "ref":
-        ratios[f"{baseline}/ref"] = timings[baseline] / timings["ref"]
+    for name in timings:
+        if name not in ("triton", baseline):
+            ratios[f"{baseline}/{name}"] = timings[baseline] / timings[name]
     return ratios
 
 
