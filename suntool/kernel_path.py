@@ -1,6 +1,7 @@
 """Route a loaded HF causal LM through suntool's kernel dispatchers: `enable_kernels(model)`.
 
     model = enable_kernels(load_model(path))      # in place, idempotent; returns the model
+    enable_kernels(other, strict=False)           # leaves a model it cannot route exactly untouched
     kernels_enabled(model)                        # True
     disable_kernels(model)                        # back to the plain transformers forward
 
@@ -79,15 +80,21 @@ def kernels_enabled(model) -> bool:
     return getattr(model, _STATE_ATTR, None) is not None
 
 
-def enable_kernels(model):
+def enable_kernels(model, *, strict: bool = True):
     """Route `model`'s norms, rotary, decode attention and 4-bit linears through the kernel dispatchers.
 
-    In place and idempotent; returns `model`. Raises `SuntoolError` (before changing anything) for an
-    unsupported architecture or attention implementation, or modules whose numerics the kernels do
-    not reproduce.
+    In place and idempotent; returns `model`. For an unsupported architecture or attention
+    implementation, or modules whose numerics the kernels do not reproduce, raises `SuntoolError`
+    before changing anything; with `strict=False` it leaves such a model untouched instead (check
+    `kernels_enabled`), which is what a loader serving any checkpoint wants.
     """
     if kernels_enabled(model):
         return model
+    if not strict:
+        try:
+            return enable_kernels(model)
+        except SuntoolError:
+            return model
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     model_type = getattr(config, "model_type", None)
     if model_type not in SUPPORTED:

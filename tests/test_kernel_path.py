@@ -237,6 +237,10 @@ def test_unsupported_models_are_refused():
     with pytest.raises(SuntoolError, match="'sdpa' or 'eager'"):
         enable_kernels(affine)
     assert not kernels_enabled(affine)
+    for model in (gpt2, affine):  # what a loader that serves any checkpoint calls
+        assert enable_kernels(model, strict=False) is model and not kernels_enabled(model)
+    assert affine.config._attn_implementation == "suntool_affine"
+    assert all("forward" not in m.__dict__ for m in affine.modules())
 
 
 class _Attention(torch.nn.Module):
