@@ -150,21 +150,28 @@ def load_artifact(
     device: str = "cpu",
     allow_mismatch: bool = False,
     verify_task: bool = False,
+    kernels: bool = True,
 ) -> LoadedArtifact:
     """Open, validate and load an artifact's models and tokenizer."""
     from suntool.checkpoint import load_tokenizer
 
     ref = open_artifact(spec, allow_mismatch=allow_mismatch, verify_task=verify_task)
     manifest = ref.manifest
-    prefill_model = _load_half(ref, "prefill", dtype, device)
+    prefill_model = load_half(ref, "prefill", dtype, device)
     adapters = manifest.prefill.adapter or manifest.decode.adapter
     same = manifest.prefill.sha256 == manifest.decode.sha256 and not adapters
-    decode_model = prefill_model if same else _load_half(ref, "decode", dtype, device)
+    decode_model = prefill_model if same else load_half(ref, "decode", dtype, device)
+    if kernels:  # norms, rotary, decode attention and w4a16 through suntool.kernels (SUNTOOL_KERNELS=ref|triton|auto)
+        from suntool.kernel_path import enable_kernels
+
+        enable_kernels(prefill_model, strict=False)
+        enable_kernels(decode_model, strict=False)
     tokenizer = load_tokenizer(ref.prefill_dir)
     return LoadedArtifact(ref=ref, prefill_model=prefill_model, decode_model=decode_model, tokenizer=tokenizer)
 
 
-def _load_half(ref: ArtifactRef, name: str, dtype: str | None, device: str):
+def load_half(ref: ArtifactRef, name: str, dtype: str | None, device: str):
+    """Load one half (merging its PEFT adapter, if any) as an eval-mode model."""
     from suntool.checkpoint import load_model
 
     entry = ref.manifest.half(name)

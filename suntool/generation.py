@@ -50,7 +50,7 @@ def _cut_at_stop(text: str, stop_strings: Sequence[str]) -> tuple[str, bool]:
     return (text[: min(cuts)], True) if cuts else (text, False)
 
 
-class _RowText:
+class RowText:
     """Per-row incremental detokenizer with stop-string detection."""
 
     def __init__(self, tokenizer, stop_strings: Sequence[str]):
@@ -80,7 +80,7 @@ class _RowText:
         return delta
 
 
-def _run(artifact: LoadedArtifact, texts: Sequence[str], config: SamplingConfig, rows: list[_RowText], chat: bool):
+def _run(artifact: LoadedArtifact, texts: Sequence[str], config: SamplingConfig, rows: list[RowText], chat: bool):
     import torch
 
     from suntool.handoff import decode_steps, prefill
@@ -114,7 +114,7 @@ def generate_texts(
 
     tokenizer = artifact.tokenizer
     texts = [render_prompt(tokenizer, prompt, chat=chat) for prompt in prompts]
-    rows = [_RowText(tokenizer, config.stop_strings) for _ in texts]
+    rows = [RowText(tokenizer, config.stop_strings) for _ in texts]
     for _ in _run(artifact, texts, config, rows, chat):
         pass
     eos = set(eos_ids_of(artifact.decode_model, config))
@@ -138,7 +138,7 @@ def stream_text(
 ) -> Iterator[str]:
     """Yield the answer to one prompt as text pieces, as soon as they are final."""
     tokenizer = artifact.tokenizer
-    row = _RowText(tokenizer, config.stop_strings)
+    row = RowText(tokenizer, config.stop_strings)
     for deltas in _run(artifact, [render_prompt(tokenizer, prompt, chat=chat)], config, [row], chat):
         if deltas.get(0):
             yield deltas[0]

@@ -308,7 +308,7 @@ def test_prefill_and_training_use_the_original_attention(monkeypatch):
 
 
 def test_generate_texts_over_an_artifact_with_kernels(tiny_checkpoints, tmp_path, spies):
-    """The `suntool generate` path: load_artifact, enable kernels on both halves, same text as without."""
+    """The `suntool generate` path: load_artifact enables kernels on both halves; same text as without."""
     from suntool.artifact import load_artifact
     from suntool.generation import generate_texts
     from suntool.split import SplitConfig, split
@@ -316,11 +316,10 @@ def test_generate_texts_over_an_artifact_with_kernels(tiny_checkpoints, tmp_path
     prompts = ["Paris is the capital", "def add(a, b):", "Question: what is 12 plus 30? Answer:"]
     split(SplitConfig(model=str(tiny_checkpoints["gemma2"]), out=tmp_path / "art"))
     config = SamplingConfig(max_new_tokens=12)
-    expected = generate_texts(load_artifact(tmp_path / "art"), prompts, config)
-    loaded = load_artifact(tmp_path / "art")
-    enable_kernels(loaded.prefill_model)
-    enable_kernels(loaded.decode_model)  # the same object when both halves are the same weights: a no-op
+    expected = generate_texts(load_artifact(tmp_path / "art", kernels=False), prompts, config)
     assert spies["paged_attention"] == 0
+    loaded = load_artifact(tmp_path / "art")  # kernels on by default
+    assert kernels_enabled(loaded.decode_model)
     assert [r.tokens for r in generate_texts(loaded, prompts, config)] == [r.tokens for r in expected]
     assert spies["paged_attention"] > 0
 

@@ -103,7 +103,7 @@ def run_all(engine: Engine, jobs: list[tuple[str, str]], params: SamplingParams)
 
 def assert_matches_reference(collector: Collector, artifacts: dict[str, Path], prompts, max_tokens: int) -> None:
     for name, path in artifacts.items():
-        loaded = load_artifact(path)
+        loaded = load_artifact(path, kernels=False)  # the plain transformers path is the reference
         for prompt in prompts:
             reference = generate_texts(loaded, [prompt], SamplingConfig(max_new_tokens=max_tokens))[0]
             tokens, text, reason = collector.result((name, prompt))

@@ -209,6 +209,10 @@ class Engine:
         config = config or EngineConfig()
         config.validate()
         self.config, self.loaded, self.observer = config, loaded, observer or EngineObserver()
+        from suntool.kernel_path import enable_kernels
+
+        for model in loaded.weights.values():  # norms, rotary, decode attention, w4a16 via suntool.kernels
+            enable_kernels(model, strict=False)
         plan = loaded.plan
         self.mode, self.share = plan.mode, plan.share
         self.torch_threads = config.torch_threads or max(1, (os.cpu_count() or 1) // (config.decode_workers + 1))
@@ -326,12 +330,12 @@ class Engine:
     def submit(self, model_name: str, prompt_ids: list[int], params: SamplingParams,
                sink: Callable[[SequenceEvent], None]) -> Sequence:
         """Admit a request; events go to `sink`. Raises UnknownModel, RequestTooLong, QueueFull, EngineClosed."""
-        from suntool.generation import _RowText
+        from suntool.generation import RowText
 
         model = self.model(model_name)
         self.check_fits(model, len(prompt_ids), params.max_tokens)
         seq = Sequence(model=model, prompt_ids=list(prompt_ids), params=params, sink=sink)
-        seq.text = _RowText(model.tokenizer, params.stop)
+        seq.text = RowText(model.tokenizer, params.stop)
         with self._lock:
             if self._closed:
                 raise EngineClosed("the server is shutting down; retry against another instance")

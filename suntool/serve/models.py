@@ -178,7 +178,7 @@ class LoadedPlan:
 
 def load_plan(plan: ModelPlan, *, dtype: str | None = "float32", device: str = "cpu", progress=None) -> LoadedPlan:
     """Load the weights every group runs, each distinct half once, and each model's tokenizer."""
-    from suntool.artifact import _load_half
+    from suntool.artifact import load_half
     from suntool.checkpoint import load_tokenizer
 
     say = progress or (lambda _message: None)
@@ -188,6 +188,6 @@ def load_plan(plan: ModelPlan, *, dtype: str | None = "float32", device: str = "
         if key not in weights:
             spec = plan.model(group.models[0])
             say(f"loading the {group.half} half of {', '.join(group.models)} ({key.sha256[:19]}…)")
-            weights[key] = _load_half(spec.ref, group.half, dtype, device)
+            weights[key] = load_half(spec.ref, group.half, dtype, device)
     tokenizers = {spec.name: load_tokenizer(spec.ref.prefill_dir) for spec in plan.models}
     return LoadedPlan(plan=plan, weights=weights, tokenizers=tokenizers)

@@ -88,7 +88,7 @@ class Sequence:
     finish_time: float | None = None
     worker: Any = None  # the decode worker holding it
     generator: torch.Generator | None = None
-    text: Any = None  # suntool.generation._RowText, created by the engine
+    text: Any = None  # suntool.generation.RowText, created by the engine
     pending_tokens: list[int] = field(default_factory=list)  # ids not yet sent with text
 
     @property

@@ -248,9 +248,9 @@ def apply_attention(model, variant: str):
 
 
 def _load_half(ref: ArtifactRef, name: str, device):
-    from suntool.artifact import _load_half
+    from suntool.artifact import load_half
 
-    return _load_half(ref, name, "float32", str(device))
+    return load_half(ref, name, "float32", str(device))
 
 
 def _add_lora(model, config: FinetuneConfig):
