@@ -13,6 +13,9 @@ from tests.tiny_models import ARCHITECTURES, build_checkpoint, build_tokenizer
 def pytest_configure(config):
     """Module- and session-scoped fixtures write shared halves too: never into the user's store."""
     os.environ["SUNTOOL_STORE"] = tempfile.mkdtemp(prefix="suntool-test-store-")
+    import torch
+
+    torch.set_num_threads(1)  # tiny models: thread start-up costs more than it saves, and CI has 2 shared cores
 
 
 @pytest.fixture(autouse=True)
