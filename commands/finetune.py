@@ -25,7 +25,7 @@ def finetune_command(
     method: str = typer.Option(None, help="sun (train prefill, share decode) | prefillshare | full. (default sun)"),
     lora: int = typer.Option(None, help="Train a LoRA adapter of this rank instead of all weights. (default off)"),
     dropbp: float = typer.Option(None, help="DropBP: drop this fraction of backward FLOPs (0-0.9). (default off)"),
-    attention: str = typer.Option(None, help="Attention variant: standard. (default standard)"),
+    attention: str = typer.Option(None, help="Attention: standard or affine (Affine-Scaled). (default standard)"),
     steps: int = typer.Option(None, help="Optimizer steps. (default 100)"),
     lr: float = typer.Option(None, help="Peak learning rate (AdamW, warmup + cosine). (default 1e-4)"),
     warmup_steps: int = typer.Option(None, "--warmup-steps", help="Warmup steps. (default 10% of --steps)"),

@@ -88,3 +88,24 @@ def test_training_moves_alpha_and_its_average_and_round_trips(tmp_path, tokenize
 def test_unsupported_architecture_is_refused():
     with pytest.raises(SuntoolError, match="gemma2"):
         convert_to_affine(build_model("gemma2"))
+
+
+@pytest.mark.parametrize("method", ["sun", "full"])
+def test_finetune_with_affine_attention(method, llama_dir, tmp_path):
+    """`suntool finetune --attention affine`: converts the trained half, trains W_a, saves, reloads."""
+    from suntool.artifact import load_artifact
+    from suntool.train import finetune
+    from tests.test_train_support import arith_records, make_artifact, tiny_config, write_jsonl
+
+    data = write_jsonl(tmp_path / "train.jsonl", arith_records(16))
+    source = make_artifact(llama_dir, tmp_path / "art", "sun")
+    out = tmp_path / "affine"
+    finetune(tiny_config(source, data, out, method=method, attention="affine", lr=1e-2))
+    loaded = load_artifact(out)
+    trained = loaded.prefill_model
+    assert trained.config.suntool_attention == "affine"
+    bias = trained.model.layers[0].self_attn.affine_alpha.bias
+    assert not torch.equal(bias, torch.full_like(bias, 5.0))  # α moved away from its exact-identity init
+    from suntool.generation import generate_texts
+
+    assert generate_texts(loaded, ["Question: 2 plus 3?"], SamplingConfig(max_new_tokens=3))[0].tokens

@@ -17,7 +17,7 @@ from typing import Any
 from suntool.errors import SuntoolError
 
 METHODS = ("sun", "prefillshare", "full")
-ATTENTION_VARIANTS = ("standard",)  # "affine" (Affine-Scaled Attention) plugs in here, see methods.apply_attention
+ATTENTION_VARIANTS = ("standard", "affine")  # affine: Affine-Scaled Attention, see methods.apply_attention
 PRECISIONS = ("fp32", "bf16")
 
 # Fields that may differ between a run and its --resume without changing what is trained.

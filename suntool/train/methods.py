@@ -241,10 +241,18 @@ def check_method_fits(method: str, ref: ArtifactRef) -> None:
 
 
 def apply_attention(model, variant: str):
-    """Swap the model's attention for `variant` (only "standard", the model's own, exists so far)."""
-    if variant != "standard":
-        raise SuntoolError(f"attention variant {variant!r} is not available; use --attention standard")
-    return model
+    """Swap the trained half's attention for `variant`: "standard" (the model's own) or "affine".
+
+    "affine" converts to Affine-Scaled Attention (suntool.affine_attention), exactly equal to
+    the original model at conversion; a half that already is affine is left as it is.
+    """
+    if variant == "standard":
+        return model
+    if variant == "affine":
+        from suntool.affine_attention import convert_to_affine, is_affine
+
+        return model if is_affine(model.config) else convert_to_affine(model)
+    raise SuntoolError(f"attention variant {variant!r} is not available; use --attention standard or affine")
 
 
 def _load_half(ref: ArtifactRef, name: str, device):
