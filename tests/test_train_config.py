@@ -55,7 +55,7 @@ def test_yaml_mistakes_name_the_file_and_key(tmp_path):
 
 @pytest.mark.parametrize(("field", "value", "message"), [
     ("method", "lora", "method \\(--method\\) must be one of sun, prefillshare, full"),
-    ("attention", "affine", "attention \\(--attention\\) must be one of standard"),
+    ("attention", "sliding", "attention \\(--attention\\) must be one of standard, affine"),
     ("steps", 0, "steps \\(--steps\\) must be at least 1"),
     ("batch_size", 0, "batch_size \\(--batch-size\\) must be at least 1"),
     ("warmup_steps", 500, "warmup_steps \\(--warmup-steps\\) must be between 0 and --steps"),
