@@ -10,6 +10,7 @@ or `--model`), from the task's bundled train split:
     sun                train the prefill half, decode = the frozen base      --method sun
     prefillshare       train the decode half, prefill = the frozen base      --method prefillshare
     full-lora / sun-lora / prefillshare-lora   the same with a LoRA adapter  --lora R
+    full-affine        full, with Affine-Scaled Attention                    --attention affine
 
 and scores greedy answers on the first `--test` records of the bundled test split with
 the task's own scorer (`TASKS[task].score`), next to:
@@ -33,14 +34,16 @@ import json
 import time
 from pathlib import Path
 
-VARIANTS = ("base", "full", "sun", "prefillshare", "full-lora", "sun-lora", "prefillshare-lora", "mismatched")
-TRAINED = {  # variant -> (method, which base artifact, lora?)
-    "full": ("full", "sun", False),
-    "sun": ("sun", "sun", False),
-    "prefillshare": ("prefillshare", "prefillshare", False),
-    "full-lora": ("full", "sun", True),
-    "sun-lora": ("sun", "sun", True),
-    "prefillshare-lora": ("prefillshare", "prefillshare", True),
+VARIANTS = ("base", "full", "sun", "prefillshare", "full-lora", "sun-lora", "prefillshare-lora", "mismatched",
+            "full-affine")
+TRAINED = {  # variant -> (method, which base artifact, lora?, attention)
+    "full": ("full", "sun", False, "standard"),
+    "sun": ("sun", "sun", False, "standard"),
+    "prefillshare": ("prefillshare", "prefillshare", False, "standard"),
+    "full-lora": ("full", "sun", True, "standard"),
+    "sun-lora": ("sun", "sun", True, "standard"),
+    "prefillshare-lora": ("prefillshare", "prefillshare", True, "standard"),
+    "full-affine": ("full", "sun", False, "affine"),  # Affine-Scaled Attention, otherwise the same as full
 }
 
 
@@ -90,14 +93,15 @@ def prepare_bases(model: str, work: Path) -> dict[str, Path]:
 def train_variant(variant: str, task_dir: Path, bases: dict[str, Path], train: Path, test: Path, args) -> Path:
     from suntool.train import FinetuneConfig, finetune
 
-    method, base, lora = TRAINED[variant]
+    method, base, lora, attention = TRAINED[variant]
     out = task_dir / variant
     if (out / "suntool.json").is_file():
         print(f"  {out.parent.name}: {variant} already trained", flush=True)
         return out
     print(f"  {out.parent.name}: training {variant}", flush=True)
     config = FinetuneConfig(
-        artifact=str(bases[base]), data=str(train), out=str(out), method=method, lora=args.lora_rank if lora else 0,
+        artifact=str(bases[base]), data=str(train), out=str(out), method=method, attention=attention,
+        lora=args.lora_rank if lora else 0,
         steps=args.steps, lr=args.lora_lr if lora else args.lr, batch_size=args.batch_size,
         max_length=args.max_length, truncate=True, eval_data=str(test), save_every=max(1, args.steps // 4),
         resume=True, seed=args.seed, device="cpu",
@@ -128,17 +132,14 @@ def load_pair(variant: str, task_dir: Path, bases: dict[str, Path]):
     return load_artifact(task_dir / variant)
 
 
-def evaluate(variant: str, task: str, task_dir: Path, bases: dict[str, Path], test: list[dict], args) -> dict:
+def score_answers(loaded, task: str, test: list[dict], max_new_tokens: int = 0) -> dict:
+    """Greedy answers of `loaded` to the test prompts, scored by the task's own scorer."""
     from suntool.evals.tasks import TASKS
     from suntool.generation import generate_texts
     from suntool.handoff import SamplingConfig
 
-    cached = task_dir / f"eval-{variant}.json"
-    if cached.is_file():
-        return json.loads(cached.read_text())
     spec = TASKS[task]
-    loaded = load_pair(variant, task_dir, bases)
-    max_new = args.max_new_tokens or 8 + max(len(loaded.tokenizer(r["completion"])["input_ids"]) for r in test)
+    max_new = max_new_tokens or 8 + max(len(loaded.tokenizer(r["completion"])["input_ids"]) for r in test)
     sampling = SamplingConfig(max_new_tokens=max_new, stop_strings=spec.stop_strings)
     started = time.time()
     outputs = []
@@ -146,17 +147,30 @@ def evaluate(variant: str, task: str, task_dir: Path, bases: dict[str, Path], te
         chunk = test[start:start + 16]
         outputs += [g.text for g in generate_texts(loaded, [r["prompt"] for r in chunk], sampling)]
     scores = [spec.score(output, record) for output, record in zip(outputs, test, strict=True)]
-    result = {"variant": variant, "task": task, "accuracy": sum(scores) / len(scores), "n": len(scores),
-              "eval_seconds": round(time.time() - started, 1), "examples": [
-                  {"prompt": r["prompt"][-120:], "output": o, "score": s}
-                  for r, o, s in list(zip(test, outputs, scores, strict=True))[:5]]}
-    manifest_path = task_dir / variant / "suntool.json"
-    if manifest_path.is_file():
-        training = json.loads(manifest_path.read_text())["training"]
-        result.update(train_seconds=training["seconds"], final_eval_loss=training["final_eval_loss"],
-                      initial_eval_loss=training["initial_eval_loss"], steps=training["steps"])
+    return {"task": task, "accuracy": sum(scores) / len(scores), "n": len(scores),
+            "eval_seconds": round(time.time() - started, 1), "examples": [
+                {"prompt": r["prompt"][-120:], "output": o, "score": s}
+                for r, o, s in list(zip(test, outputs, scores, strict=True))[:5]]}
+
+
+def training_summary(artifact: Path) -> dict:
+    """Wall time and held-out loss recorded in a fine-tuned artifact's manifest ({} if untrained)."""
+    manifest_path = artifact / "suntool.json"
+    if not manifest_path.is_file():
+        return {}
+    training = json.loads(manifest_path.read_text()).get("training") or {}
+    return {"train_seconds": training.get("seconds"), "final_eval_loss": training.get("final_eval_loss"),
+            "initial_eval_loss": training.get("initial_eval_loss"), "steps": training.get("steps")}
+
+
+def evaluate(variant: str, task: str, task_dir: Path, bases: dict[str, Path], test: list[dict], args) -> dict:
     from suntool.atomic import atomic_write_text
 
+    cached = task_dir / f"eval-{variant}.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    result = {"variant": variant, **score_answers(load_pair(variant, task_dir, bases), task, test, args.max_new_tokens),
+              **training_summary(task_dir / variant)}
     atomic_write_text(cached, json.dumps(result, indent=2) + "\n")
     return result
 
