@@ -1,4 +1,4 @@
-"""DDP: `torchrun --nproc-per-node 2` (gloo, CPU) matches one process with the same global batch."""
+"""DDP: `torchrun` and `accelerate launch` with 2 processes (gloo, CPU) match one process with the same global batch."""
 
 from __future__ import annotations
 
@@ -26,13 +26,21 @@ def _one_thread():
     yield from one_torch_thread()
 
 
-def test_two_processes_match_one_process_with_the_same_global_batch(llama_dir, tmp_path):
+LAUNCHERS = {
+    "torchrun": ["torchrun", "--standalone", "--nproc-per-node", "2", "-m"],
+    "accelerate": ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                   "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", "-m"],
+}
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_two_processes_match_one_process_with_the_same_global_batch(llama_dir, tmp_path, launcher):
     source = make_artifact(llama_dir, tmp_path / "art", "sun")
     data = write_jsonl(tmp_path / "train.jsonl", arith_records(20))
     ddp_out = tmp_path / "ddp"
-    torchrun = Path(sys.executable).parent / "torchrun"
+    program, *arguments = LAUNCHERS[launcher]
     command = [
-        str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "suntool", "finetune", str(source),
+        str(Path(sys.executable).parent / program), *arguments, "suntool", "finetune", str(source),
         "--data", str(data), "-o", str(ddp_out), "--method", "sun", "--steps", "6", "--batch-size", "3",
         "--grad-accum", "1", "--lr", "0.003", "--warmup-steps", "1", "--device", "cpu", "--eval-data", str(data),
     ]
