@@ -14,7 +14,7 @@ def info_command(
     """Show mode, architecture, sizes and fingerprints of each half."""
     from rich.table import Table
 
-    from suntool.info import describe
+    from suntool.info import describe, training_lines
 
     report = describe(artifact, verify=verify)
     console.print(
@@ -34,11 +34,15 @@ def info_command(
         )
     console.print(table)
     for half in report.halves:
-        console.print(f"  {half.name}: {half.location}")
+        console.print(f"  {half.name}: {half.location}", markup=False)
+        if half.adapter:
+            console.print(f"    LoRA adapter {half.adapter} (merged on load)", markup=False)
         if half.trained_against:
             console.print(f"    trained against shared half {half.trained_against}")
     if report.training:
-        console.print(f"training: {report.training}")
+        console.print("training:")
+        for line in training_lines(report.training):
+            console.print(line, markup=False)
     if any(half.verified is False for half in report.halves):
         raise typer.Exit(code=1)
 

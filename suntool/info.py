@@ -24,6 +24,7 @@ class HalfReport:
     verified: bool | None  # None: not checked
     quantization: dict | None
     trained_against: str | None
+    adapter: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ def describe(spec: str | Path, *, verify: bool = False) -> ArtifactReport:
             HalfReport(
                 name=name, role=entry.role, parameters=parameters, bytes=size, fingerprint=entry.sha256,
                 location=directory, verified=verified, quantization=entry.quantization,
-                trained_against=entry.trained_against,
+                trained_against=entry.trained_against, adapter=entry.adapter,
             )
         )
     return ArtifactReport(
@@ -63,3 +64,38 @@ def describe(spec: str | Path, *, verify: bool = False) -> ArtifactReport:
         first_token=manifest.handoff.first_token, base=manifest.base.source, halves=tuple(halves),
         training=manifest.training,
     )
+
+
+def training_lines(training: dict) -> list[str]:
+    """A fine-tuned artifact's `training` block as a few readable lines (unknown keys are skipped)."""
+
+    def present(*keys: str) -> bool:
+        return all(training.get(key) is not None for key in keys)
+
+    recipe = [f"method={training.get('method')}"]
+    for key, label in (("lora", "lora"), ("dropbp", "dropbp"), ("steps", "steps"), ("global_batch", "batch"),
+                       ("lr", "lr"), ("precision", "precision"), ("world_size", "processes")):
+        value = training.get(key)
+        if value not in (None, 0, 0.0) and not (key == "world_size" and value == 1):
+            recipe.append(f"{label}={value:g}" if isinstance(value, float) else f"{label}={value}")
+    if training.get("attention") not in (None, "standard"):
+        recipe.append(f"attention={training['attention']}")
+    lines = ["  " + "  ".join(recipe)]
+    results = []
+    if present("final_train_loss"):
+        results.append(f"train loss {training['final_train_loss']:.4f}")
+    if present("final_eval_loss"):
+        before = f"{training['initial_eval_loss']:.4f} → " if present("initial_eval_loss") else ""
+        results.append(f"eval loss {before}{training['final_eval_loss']:.4f}")
+    if present("tokens", "seconds"):
+        results.append(f"{training['tokens']:,} tokens in {training['seconds']:.0f} s")
+    if results:
+        lines.append("  " + " · ".join(results))
+    if present("data"):
+        digest = f" ({training['data_sha256'][:19]}…)" if present("data_sha256") else ""
+        examples = f", {training['train_examples']} examples" if present("train_examples") else ""
+        lines.append(f"  data {training['data']}{digest}{examples}")
+    started = training.get("started_from") or {}
+    if started.get("artifact"):
+        lines.append(f"  started from {started['artifact']}")
+    return lines

@@ -159,3 +159,22 @@ def test_errors_exit_2_without_traceback_in_a_real_process(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and result.stderr.strip().startswith("error:")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_info_summarises_the_training_block():
+    from suntool.info import training_lines
+
+    lines = training_lines({
+        "method": "sun", "lora": 16, "dropbp": None, "attention": "affine", "steps": 50, "global_batch": 8,
+        "world_size": 1, "lr": 0.002, "precision": "fp32", "final_train_loss": 0.01081, "initial_eval_loss": 1.38770,
+        "final_eval_loss": 0.01595, "tokens": 27724, "seconds": 115.1, "data": "train.jsonl",
+        "data_sha256": "sha256:76fdb153b47f4ff7116f5eb4d3fc", "train_examples": 400,
+        "started_from": {"artifact": "runs/base"}, "some_future_key": [1, 2],
+    })
+    assert lines == [
+        "  method=sun  lora=16  steps=50  batch=8  lr=0.002  precision=fp32  attention=affine",
+        "  train loss 0.0108 · eval loss 1.3877 → 0.0159 · 27,724 tokens in 115 s",
+        "  data train.jsonl (sha256:76fdb153b47f…), 400 examples",
+        "  started from runs/base",
+    ]
+    assert training_lines({"method": "full"}) == ["  method=full"]
