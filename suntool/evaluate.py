@@ -137,7 +137,8 @@ def _collect(results: dict) -> dict[str, MetricValue]:
     metrics: dict[str, MetricValue] = {}
     for task, values in sorted(results.get("results", {}).items()):
         for key, value in values.items():
-            if not isinstance(value, (int, float)) or key.endswith("_stderr") or "stderr" in key.split(",")[0]:
+            # Metrics are "name,filter"; keys without a filter ("sample_len", ...) are lm-eval's bookkeeping.
+            if "," not in key or not isinstance(value, (int, float)) or "stderr" in key.split(",")[0]:
                 continue
             metric, _, filter_name = key.partition(",")
             stderr = values.get(f"{metric}_stderr,{filter_name}")

@@ -16,6 +16,8 @@ built-in name), `dtype`, `batch_size`, `max_length`, `allow_mismatch`, `device`.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from lm_eval.models.huggingface import HFLM
 
@@ -54,14 +56,21 @@ class SuntoolLM(HFLM):
             spec, dtype=dtype, device=device, allow_mismatch=_as_bool(allow_mismatch)
         )
         self.artifact = loaded
-        super().__init__(
-            pretrained=loaded.decode_model,
-            tokenizer=loaded.tokenizer,
-            batch_size=int(batch_size),
-            max_length=max_length,
-            device=device,
-            **kwargs,
-        )
+        # HFLM warns twice that `pretrained` is a model object, not a name: here that is the design.
+        hf_logger = logging.getLogger("lm_eval.models.huggingface")
+        level = hf_logger.level
+        hf_logger.setLevel(logging.ERROR)
+        try:
+            super().__init__(
+                pretrained=loaded.decode_model,
+                tokenizer=loaded.tokenizer,
+                batch_size=int(batch_size),
+                max_length=max_length,
+                device=device,
+                **kwargs,
+            )
+        finally:
+            hf_logger.setLevel(level)
         self.tokenizer.padding_side = "left"
 
     @property

@@ -39,6 +39,8 @@ def test_eval_limit_5_on_every_bundled_task(capsys, two_artifacts, tmp_path):
             assert len(samples) == 5
     summary = (out / "summary.csv").read_text().splitlines()
     assert summary[0] == "artifact,task_metric,value,stderr" and len(summary) > 10
+    metrics = {row.split(",")[1] for row in summary[1:]}
+    assert "suntool_arith/acc" in metrics and not any("sample_len" in m or "alias" in m for m in metrics)
     assert "| sun-a |" in (out / "summary.md").read_text()
     # the same weights under both splits score the same: the handoff is exact
     a = json.loads((out / "sun-a" / "results.json").read_text())["results"]
