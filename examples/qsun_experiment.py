@@ -61,11 +61,14 @@ def cached_eval(path: Path, variant: str, load, task: str, test: list[dict], arg
     from suntool.atomic import atomic_write_text
 
     if path.is_file():
-        return json.loads(path.read_text())
-    result = {"variant": variant, **experiment.score_answers(load(), task, test, args.max_new_tokens),
-              **(experiment.training_summary(trained) if trained else {})}
-    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
-    return result
+        result = json.loads(path.read_text())
+    else:
+        loaded = load()
+        result = {"variant": variant, **experiment.score_answers(loaded, task, test, args.max_new_tokens),
+                  **(experiment.training_summary(trained) if trained else {}),
+                  "pair_nll": experiment.completion_nll(loaded, test)}
+        atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+    return experiment.with_pair_nll(path, result, load, test)
 
 
 def main(argv=None) -> int:
@@ -87,7 +90,7 @@ def main(argv=None) -> int:
         results += [
             experiment.evaluate("sun", task, task_dir, bases, test, args) | {"variant": "sun (fp decode)"},
             cached_eval(qtask_dir / "eval-sun-4bit-decode.json", "sun + 4-bit decode, no recovery",
-                        lambda sun=sun: with_decode_half(sun, qbase), task, test, args, sun),
+                        lambda sun=sun: with_decode_half(sun, qbase), task, test, args, None),
             cached_eval(qtask_dir / "eval-qsun.json", "qsun (recovered)", lambda qsun=qsun: load_artifact(qsun),
                         task, test, args, qsun),
         ]

@@ -153,6 +153,39 @@ def score_answers(loaded, task: str, test: list[dict], max_new_tokens: int = 0) 
                 for r, o, s in list(zip(test, outputs, scores, strict=True))[:5]]}
 
 
+def completion_nll(loaded, test: list[dict]) -> float:
+    """Mean NLL per completion token of the test records, served as `loaded` serves them.
+
+    The prompt's K/V come from the prefill half, the completion is scored by the decode half
+    (teacher-forced): the held-out loss of a pairing, whether or not it was trained together.
+    """
+    import torch
+
+    from suntool.handoff import continuation_logits, prefill
+
+    tokenizer, total, count = loaded.tokenizer, 0.0, 0
+    with torch.no_grad():
+        for record in test:
+            prompt = tokenizer(record["prompt"], return_tensors="pt")
+            completion = tokenizer(record["completion"], add_special_tokens=False, return_tensors="pt")["input_ids"]
+            handoff = prefill(loaded.prefill_model, prompt["input_ids"], prompt["attention_mask"],
+                              first_token=loaded.manifest.handoff.first_token)
+            logits = continuation_logits(loaded.decode_model, handoff, completion)
+            total += float(torch.nn.functional.cross_entropy(logits[0].float(), completion[0], reduction="sum"))
+            count += completion.shape[1]
+    return total / count
+
+
+def with_pair_nll(cached: Path, result: dict, load, test: list[dict]) -> dict:
+    """`result` with its pairing's held-out NLL, computed once and kept in the cached JSON."""
+    from suntool.atomic import atomic_write_text
+
+    if "pair_nll" not in result:
+        result["pair_nll"] = completion_nll(load(), test)
+        atomic_write_text(cached, json.dumps(result, indent=2) + "\n")
+    return result
+
+
 def training_summary(artifact: Path) -> dict:
     """Wall time and held-out loss recorded in a fine-tuned artifact's manifest ({} if untrained)."""
     manifest_path = artifact / "suntool.json"
@@ -168,22 +201,25 @@ def evaluate(variant: str, task: str, task_dir: Path, bases: dict[str, Path], te
 
     cached = task_dir / f"eval-{variant}.json"
     if cached.is_file():
-        return json.loads(cached.read_text())
-    result = {"variant": variant, **score_answers(load_pair(variant, task_dir, bases), task, test, args.max_new_tokens),
-              **training_summary(task_dir / variant)}
-    atomic_write_text(cached, json.dumps(result, indent=2) + "\n")
-    return result
+        result = json.loads(cached.read_text())
+    else:
+        loaded = load_pair(variant, task_dir, bases)
+        result = {"variant": variant, **score_answers(loaded, task, test, args.max_new_tokens),
+                  **training_summary(task_dir / variant), "pair_nll": completion_nll(loaded, test)}
+        atomic_write_text(cached, json.dumps(result, indent=2) + "\n")
+    return with_pair_nll(cached, result, lambda: load_pair(variant, task_dir, bases), test)
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| task | variant | accuracy | held-out loss (before → after) | train time |",
-             "|---|---|---|---|---|"]
+    lines = ["| task | variant | accuracy | held-out NLL as served | training's held-out loss (before → after) "
+             "| train time |", "|---|---|---|---|---|---|"]
     for r in results:
         loss = (f"{r['initial_eval_loss']:.3f} → {r['final_eval_loss']:.3f}" if r.get("final_eval_loss") is not None
                 else "–")
         train = f"{r['train_seconds']:.0f} s" if r.get("train_seconds") is not None else "–"
+        served = f"{r['pair_nll']:.3f}" if r.get("pair_nll") is not None else "–"
         lines.append(f"| {r['task']} | {r['variant']} | {r['accuracy']:.3f} ({round(r['accuracy'] * r['n'])}/{r['n']})"
-                     f" | {loss} | {train} |")
+                     f" | {served} | {loss} | {train} |")
     return "\n".join(lines) + "\n"
 
 
