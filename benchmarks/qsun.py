@@ -41,8 +41,16 @@ def perplexity(model, tokenizer, texts: list[str], max_length: int = 256) -> flo
     return math.exp(total_nll / total_tokens)
 
 
-def memory_bytes(model) -> int:
-    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+def memory_bytes(model, prefix: str = "") -> int:
+    """Bytes of the parameters and buffers (whose names start with `prefix`)."""
+    tensors = list(model.named_parameters()) + list(model.named_buffers())
+    return sum(t.numel() * t.element_size() for name, t in tensors if name.startswith(prefix))
+
+
+def layers_prefix(model) -> str:
+    """The name prefix of the decoder layers (what quantization touches), e.g. 'model.layers.'."""
+    names = [name for name, _ in model.named_parameters()]
+    return next(name[: name.index(".layers.") + len(".layers.")] for name in names if ".layers." in name)
 
 
 def disk_bytes(directory: Path) -> int:
@@ -100,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         "disk_bytes_quantized": disk_bytes(quant.ref.decode_dir),
         "memory_bytes_full": memory_bytes(full.decode_model),
         "memory_bytes_quantized": memory_bytes(quant.decode_model),
+        # the decoder layers alone: embeddings, final norm and lm_head stay in the model dtype
+        "memory_bytes_layers_full": memory_bytes(full.decode_model, layers_prefix(full.decode_model)),
+        "memory_bytes_layers_quantized": memory_bytes(quant.decode_model, layers_prefix(quant.decode_model)),
     }
     timings = {"full": [], "quantized": []}
     decode_seconds_per_token(full.prefill_model, full.decode_model, tokenizer, prompts, 4)  # warm-up
@@ -114,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     result["decode_time_ratio"] = result["decode_s_per_token_quantized"] / result["decode_s_per_token_full"]
     result["disk_ratio"] = result["disk_bytes_quantized"] / result["disk_bytes_full"]
     result["memory_ratio"] = result["memory_bytes_quantized"] / result["memory_bytes_full"]
+    result["memory_ratio_layers"] = result["memory_bytes_layers_quantized"] / result["memory_bytes_layers_full"]
     result["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     for key, value in result.items():
         if not isinstance(value, dict):
