@@ -126,7 +126,23 @@ def fingerprint_checkpoint(directory: Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+GPTQ_METADATA_SUFFIXES = (".qzeros", ".scales", ".g_idx")
+
+
 def checkpoint_stats(directory: Path) -> tuple[int, int]:
-    """(number of parameters, bytes of tensor data) of the checkpoint in `directory`."""
+    """(number of parameters, bytes of tensor data) of the checkpoint in `directory`.
+
+    In a GPTQ checkpoint a `qweight` counts as the weights it packs (32/bits per int32) and
+    its zeros, scales and g_idx are not parameters, so the count is the original model's.
+    """
     records = checkpoint_tensors(directory)
-    return sum(r.numel for r in records), sum(r.end - r.start for r in records)
+    config_path = Path(directory) / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    bits = (config.get("quantization_config") or {}).get("bits")
+    parameters = 0
+    for record in records:
+        if bits and record.name.endswith(".qweight"):
+            parameters += record.numel * 32 // bits
+        elif not (bits and record.name.endswith(GPTQ_METADATA_SUFFIXES)):
+            parameters += record.numel
+    return parameters, sum(r.end - r.start for r in records)

@@ -78,6 +78,14 @@ def test_quantize_into_a_new_artifact_leaves_the_source_alone(capsys, sun_artifa
     assert (sun_artifact / "suntool.json").read_text() == before
     assert read_manifest(tmp_path / "q").decode.quantization is not None
 
+    from suntool.fingerprint import checkpoint_stats
+    from suntool.info import describe
+
+    original, quantized = describe(sun_artifact).halves[1], describe(tmp_path / "q").halves[1]
+    assert quantized.parameters == original.parameters  # packed qweights count as the weights they hold
+    assert quantized.bytes < original.bytes
+    assert checkpoint_stats(tmp_path / "q" / "prefill") == checkpoint_stats(sun_artifact / "prefill")
+
 
 def test_quantize_bad_input(capsys, sun_artifact, llama_dir, tmp_path):
     art = str(sun_artifact)
