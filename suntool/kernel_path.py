@@ -35,7 +35,11 @@ Supported: llama, qwen2, qwen3, mistral, phi3, gemma2, gemma3_text (`SUPPORTED`)
   `softcap`, the model's `scaling` to `scale`.
 - **Quantized linears**: `suntool.quant.qlinear.QuantLinear` modules with 4-bit weights get a
   forward calling `suntool.kernels.w4a16.w4a16_matmul` (same GPTQ v1 packing and zero convention as
-  `suntool.quant.packing`; tests check it).
+  `suntool.quant.packing`; tests check it). Exception: bf16 activations on the CPU, with no gradient
+  needed, `SUNTOOL_KERNELS` other than `ref` and Triton's interpreter off, go through
+  `suntool.kernels.w4a16_cpu` (PyTorch's int4 CPU kernel, bf16 rounding of the scales and zeros) when its
+  pack applies: built on the first such call and kept in the module's `__dict__` (remade when a buffer is
+  replaced or modified in place; "does not apply" is kept too); `disable_kernels` drops it.
 
 The backend of every call is chosen by `suntool.kernels.dispatch` (`SUNTOOL_KERNELS=ref|triton|auto`,
 read per call): on CPU the references run, and greedy outputs equal HF `generate`. Everything is per
@@ -58,6 +62,7 @@ from suntool.kernels import paged_attention as _paged  # kernel modules import n
 from suntool.kernels import rmsnorm as _rmsnorm
 from suntool.kernels import rotary as _rotary
 from suntool.kernels import w4a16 as _w4a16
+from suntool.kernels import w4a16_cpu as _w4a16_cpu
 
 if TYPE_CHECKING:
     import torch
@@ -67,6 +72,7 @@ ATTENTION_NAMES = {"sdpa": "suntool_kernels_sdpa", "eager": "suntool_kernels_eag
 _STATE_ATTR = "_suntool_kernels_from"  # on the model: the attention implementation it had before
 _NORM_ATTR = "_suntool_rmsnorm"  # on each RMSNorm: (eps, offset)
 _ROUTER_ATTR = "_suntool_original"  # on a routed apply_rotary_pos_emb: the function it replaced
+_CPU_INT4_ATTR = "_suntool_cpu_int4"  # on each QuantLinear: (buffer stamp, CpuInt4Pack or None)
 
 _IN_ENABLED_ATTENTION = contextvars.ContextVar("suntool_in_enabled_attention", default=False)
 
@@ -413,7 +419,45 @@ def _quant_linears(model, *, enable: bool) -> None:
                 module.forward = types.MethodType(_quant_linear_forward, module)
             else:
                 module.__dict__.pop("forward", None)
+                module.__dict__.pop(_CPU_INT4_ATTR, None)
 
 
 def _quant_linear_forward(self, x):
+    import torch
+
+    from suntool.kernels.dispatch import interpreting, needs_grad, requested_mode
+
+    if (
+        x.dtype == torch.bfloat16
+        and x.device.type == "cpu"
+        and not needs_grad(x, self.bias)
+        and requested_mode() != "ref"
+        and not interpreting()
+    ):
+        pack = _cpu_int4_pack(self)
+        if pack is not None:
+            return _w4a16_cpu.w4a16_matmul_cpu(x, pack, self.bias)
     return _w4a16.w4a16_matmul(x, self.qweight, self.qzeros, self.scales, self.g_idx, self.bias)
+
+
+def _version(tensor) -> int | None:
+    try:
+        return tensor._version
+    except RuntimeError:  # inference tensors have no version counter (and cannot change outside inference mode)
+        return None
+
+
+def _cpu_int4_pack(module):
+    """The module's `CpuInt4Pack` (None: the CPU op does not apply), made once per state of its buffers.
+
+    The stamp holds weak references, so buffers replaced by `.to()` are not kept alive by it.
+    """
+    buffers = (module.qweight, module.qzeros, module.scales, module.g_idx)
+    cached = module.__dict__.get(_CPU_INT4_ATTR)
+    if cached is not None:
+        stamp, pack = cached
+        if all(ref() is t and _version(t) == version for t, (ref, version) in zip(buffers, stamp, strict=True)):
+            return pack
+    pack = _w4a16_cpu.pack_for_cpu(*buffers)
+    module.__dict__[_CPU_INT4_ATTR] = (tuple((weakref.ref(t), _version(t)) for t in buffers), pack)
+    return pack
