@@ -1,8 +1,8 @@
 """Time suntool's kernels against their torch references and against PyTorch's own ops (not a test).
 
-    python benchmarks/kernels.py [--ops rmsnorm,rotary,paged_attention,w4a16,affine_attention]
+    python benchmarks/kernels.py [--ops rmsnorm,rotary,paged_attention,w4a16,w4a16_cpu,affine_attention]
                                  [--device auto|cpu|cuda] [--dtype float16|bfloat16|float32]
-                                 [--repeats N] [--json OUT]
+                                 [--repeats N] [--threads N] [--json OUT]
 
 Every number is a median wall time over ``--repeats`` runs after warm-up, and every claim is a ratio
 measured in this one run on this one machine (DESIGN.md section 8):
@@ -13,6 +13,9 @@ measured in this one run on this one machine (DESIGN.md section 8):
   `suntool.kernel_path` does with transformers' cache) or as plain
   causal attention (affine attention: the price of the affine terms), a dense ``x @ W`` in the
   activation dtype (w4a16: the cost of dequantizing on the fly vs reading a 16-bit weight).
+- ``w4a16_cpu`` (CPU only): ``cpu_int4`` (`suntool.kernels.w4a16_cpu`, PyTorch's int4 CPU kernel, what
+  `suntool.kernel_path` runs for bf16 activations on the CPU) against the reference, at two decoder
+  layer shapes (576x1536, 1536x576, group 128); always bf16 activations, whatever ``--dtype`` says.
 On a machine without a GPU only the reference and baseline paths are timed: Triton's CPU interpreter
 runs kernels in numpy, one program at a time, and its timings say nothing about the kernels.
 """
@@ -27,7 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-OPS = ("rmsnorm", "rotary", "paged_attention", "w4a16", "affine_attention")
+OPS = ("rmsnorm", "rotary", "paged_attention", "w4a16", "w4a16_cpu", "affine_attention")
 INTERPRETER_NOTE = (
     "no GPU: Triton kernels not timed (the Triton CPU interpreter's timings are meaningless); "
     "reference and baseline paths only"
@@ -190,6 +193,35 @@ def w4a16_cases(device, dtype, gpu):
         yield Case("w4a16", f"M{m}x{n_in}x{n_out}", impls, "dense_matmul")
 
 
+def w4a16_cpu_cases(device, dtype, gpu):
+    import torch
+
+    from suntool.kernels.w4a16 import default_g_idx, pack_int4, pack_zeros, w4a16_matmul_ref
+    from suntool.kernels.w4a16_cpu import pack_for_cpu, w4a16_matmul_cpu
+
+    if device != "cpu":
+        return
+    group = 128
+    for n_in, n_out in ((576, 1536), (1536, 576)):
+        packed = (
+            pack_int4(torch.randint(0, 16, (n_in, n_out))),
+            pack_zeros(torch.randint(0, 16, (-(-n_in // group), n_out))),
+            (torch.rand(-(-n_in // group), n_out) * 0.01).half(),
+            default_g_idx(n_in, group),
+        )
+        pack = pack_for_cpu(*packed)
+        if pack is None:
+            print(f"w4a16_cpu: this torch has no int4 CPU op for {n_in}x{n_out}; skipped", flush=True)
+            return
+        for m in (1, 4, 16):
+            x = torch.randn(m, n_in, dtype=torch.bfloat16)
+            impls = {
+                "ref": lambda x=x, p=packed: w4a16_matmul_ref(x, *p),
+                "cpu_int4": lambda x=x, p=pack: w4a16_matmul_cpu(x, p),
+            }
+            yield Case("w4a16_cpu", f"M{m}x{n_in}x{n_out}bf16", impls, "ref")
+
+
 def affine_attention_cases(device, dtype, gpu):
     import torch
     import torch.nn.functional as F
@@ -221,6 +253,7 @@ CASES = {
     "rotary": rotary_cases,
     "paged_attention": paged_attention_cases,
     "w4a16": w4a16_cases,
+    "w4a16_cpu": w4a16_cpu_cases,
     "affine_attention": affine_attention_cases,
 }
 
@@ -257,6 +290,7 @@ def run(ops, device: str, dtype_name: str, repeats: int) -> dict:
     info = {
         "device": torch.cuda.get_device_name() if gpu else "cpu",
         "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
         "dtype": dtype_name,
         "repeats": repeats,
         "triton_timed": gpu,
@@ -283,10 +317,14 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default=None,
                         help="default: float16 on a GPU, float32 on CPU")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per case (50 GPU / 5 CPU)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
     args = parser.parse_args(argv)
 
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from suntool.kernels.dispatch import driver_active
 
