@@ -1,7 +1,7 @@
 """The accuracy experiment: SUN vs PrefillShare vs full / LoRA fine-tunes vs the base model.
 
     .venv/bin/python examples/sun_vs_baselines.py --task program --task arith \\
-        [--train 400] [--test 60] [--steps 60] [--batch-size 8] [--work runs/sun_vs_baselines]
+        [--train 400] [--test 60] [--steps 50] [--batch-size 8] [--work runs/sun_vs_baselines]
 
 For each task of `suntool.evals.tasks` it trains, on SmolLM2-135M (the embedded default,
 or `--model`), from the task's bundled train split:
@@ -55,7 +55,7 @@ def parse(argv=None):
     parser.add_argument("--work", type=Path, default=Path("runs/sun_vs_baselines"))
     parser.add_argument("--train", type=int, default=400, help="training records (from the bundled split)")
     parser.add_argument("--test", type=int, default=60, help="test records scored")
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2e-4, help="learning rate of full-weight runs")
     parser.add_argument("--lora-rank", type=int, default=16)
