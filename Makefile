@@ -7,7 +7,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.suntool-installed
 
-.PHONY: setup demo test test-fast lint clean
+.PHONY: setup demo test test-fast test-interop lint clean
+
+# A second venv with transformers + gptqmodel 7.7 (which the project venv does not install) for
+# the test that suntool's GPTQ checkpoints load in another stack with the same logits.
+INTEROP_VENV := .venv-gptq
+INTEROP_STAMP := $(INTEROP_VENV)/.suntool-installed
 
 setup: $(STAMP)
 
@@ -19,6 +24,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+$(INTEROP_STAMP): tests/interop-requirements.txt tests/interop-constraints.txt pyproject.toml
+	test -x $(INTEROP_VENV)/bin/python || $(PYTHON) -m venv $(INTEROP_VENV)
+	$(INTEROP_VENV)/bin/pip install --quiet --upgrade pip
+	$(INTEROP_VENV)/bin/pip install --quiet torch==2.13.0
+	$(INTEROP_VENV)/bin/pip install --quiet --no-deps gptqmodel==7.7.0
+	$(INTEROP_VENV)/bin/pip install --quiet -c tests/interop-constraints.txt -r tests/interop-requirements.txt
+	$(INTEROP_VENV)/bin/pip install --quiet --no-deps -e .
+	touch $(INTEROP_STAMP)
+
 demo: setup
 	$(BIN)/python examples/demo.py
 
@@ -26,10 +40,15 @@ lint: setup
 	$(BIN)/ruff check .
 
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "not interop"
+	$(MAKE) test-interop
+
+# gptqmodel 7.7 refuses one CPU worker on a 2-core machine.
+test-interop: $(INTEROP_STAMP)
+	GPTQMODEL_CPU_WORKERS=2 $(INTEROP_VENV)/bin/python -m pytest -q -m interop -p no:cacheprovider tests/test_quant_interop.py
 
 test-fast: lint
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -m "not slow and not interop"
 
 clean:
 	rm -rf runs build dist *.egg-info .pytest_cache .ruff_cache

@@ -1,7 +1,8 @@
 """transformers + gptqmodel load a suntool GPTQ checkpoint and compute what suntool computes.
 
-Skipped where `gptqmodel` is not importable (it is not a dependency of the default install; see
-docs/quant_notes.md for the separate environment this runs in).
+Marked ``interop``: `make test` (and so CI) runs it in a second venv, ``.venv-gptq``, through `make
+test-interop`, since gptqmodel is not a dependency of the default install (see docs/quant_notes.md);
+the main run deselects it, and it skips where gptqmodel is not importable.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")  # gptqmodel 7.7 refuses 1 worker on a 2-core machine
+pytestmark = pytest.mark.interop
 pytest.importorskip("gptqmodel")
 
 from suntool.quant.interop_check import compare_with_transformers  # noqa: E402
