@@ -109,3 +109,25 @@ def compile_launches_for_gpu(monkeypatch, cache_dir, module, launch, *args, arch
         source = ASTSource(kernel, signature, constexprs=constexprs)
         compiled.append(triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options))
     return compiled
+
+
+def random_gptq_weight(n_in, n_out, group_size, act_order=False, seed=0):
+    """A random GPTQ 4-bit weight: ``(w_int, zeros, (qweight, qzeros, scales, g_idx))``.
+
+    ``w_int`` ``[n_in, n_out]`` and ``zeros`` ``[n_groups, n_out]`` are the unpacked codes (zeros 0 and
+    15 included: the v1 borrow cases), ``scales`` fp16; ``group_size`` -1 is one group; ``act_order``
+    permutes ``g_idx`` as desc_act checkpoints do.
+    """
+    from suntool.kernels.w4a16 import default_g_idx, pack_int4, pack_zeros
+
+    gen = torch.Generator().manual_seed(seed)
+    n_groups = 1 if group_size == -1 else -(-n_in // group_size)
+    w_int = torch.randint(0, 16, (n_in, n_out), generator=gen)
+    zeros = torch.randint(0, 16, (n_groups, n_out), generator=gen)
+    zeros[0, :5] = 0  # the v1 borrow case
+    zeros[-1, -3:] = 15
+    scales = (torch.rand(n_groups, n_out, generator=gen) * 0.05 + 0.001).half()
+    g_idx = default_g_idx(n_in, group_size)
+    if act_order:
+        g_idx = g_idx[torch.randperm(n_in, generator=gen)]
+    return w_int, zeros, (pack_int4(w_int), pack_zeros(zeros), scales, g_idx)

@@ -22,6 +22,7 @@ from tests.kernel_conftest_helpers import (
     assert_close,
     compile_launches_for_gpu,
     dtype_id,
+    random_gptq_weight,
     use_interpreter,
 )
 
@@ -32,19 +33,6 @@ pytestmark = pytest.mark.triton
 def _interpreter(monkeypatch):
     use_interpreter(monkeypatch)
 
-
-def quantized(n_in, n_out, group_size, act_order=False, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    n_groups = -(-n_in // group_size)
-    w_int = torch.randint(0, 16, (n_in, n_out), generator=gen)
-    zeros = torch.randint(0, 16, (n_groups, n_out), generator=gen)
-    zeros[0, :5] = 0  # the v1 borrow case
-    zeros[-1, -3:] = 15
-    scales = (torch.rand(n_groups, n_out, generator=gen) * 0.05 + 0.001).half()
-    g_idx = default_g_idx(n_in, group_size)
-    if act_order:
-        g_idx = g_idx[torch.randperm(n_in, generator=gen)]
-    return w_int, zeros, (pack_int4(w_int), pack_zeros(zeros), scales, g_idx)
 
 
 def test_pack_int4_matches_hand_packed_words():
@@ -81,7 +69,7 @@ def test_dequantize_known_value():
 
 
 def test_round_trips_and_dequantize_with_act_order():
-    w_int, zeros, (qweight, qzeros, scales, g_idx) = quantized(64, 24, 16, act_order=True)
+    w_int, zeros, (qweight, qzeros, scales, g_idx) = random_gptq_weight(64, 24, 16, act_order=True)
     assert torch.equal(unpack_qweight_ref(qweight), w_int.int())
     assert torch.equal(unpack_zeros_ref(qzeros), zeros.int())
     expected = (w_int - zeros[g_idx.long()]).float() * scales.float()[g_idx.long()]
@@ -116,7 +104,7 @@ def test_pack_rejects_bad_values(bad, match):
     ],
 )
 def test_triton_matches_reference(dtype, m, n_in, n_out, group_size, act_order, bias):
-    _, _, packed = quantized(n_in, n_out, group_size, act_order, seed=m)
+    _, _, packed = random_gptq_weight(n_in, n_out, group_size, act_order, seed=m)
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(m, n_in, generator=gen).to(dtype)
     b = torch.randn(n_out, generator=gen).half() if bias else None
@@ -130,7 +118,7 @@ def test_triton_matches_reference(dtype, m, n_in, n_out, group_size, act_order, 
 def test_triton_leading_dims_and_dispatch(monkeypatch):
     import suntool.kernels.w4a16 as mod
 
-    _, _, packed = quantized(32, 16, 8)
+    _, _, packed = random_gptq_weight(32, 16, 8)
     x = torch.randn(2, 3, 32)
     calls = []
     real = mod._launch
@@ -143,7 +131,7 @@ def test_triton_leading_dims_and_dispatch(monkeypatch):
 
 
 def test_shape_mismatches_rejected():
-    _, _, (qweight, qzeros, scales, g_idx) = quantized(32, 16, 8)
+    _, _, (qweight, qzeros, scales, g_idx) = random_gptq_weight(32, 16, 8)
     with pytest.raises(KernelInputError, match="input features"):
         w4a16_matmul(torch.randn(2, 24), qweight, qzeros, scales, g_idx)
     with pytest.raises(KernelInputError, match="g_idx"):
@@ -158,7 +146,7 @@ def test_shape_mismatches_rejected():
 def test_compiles_for_cuda(monkeypatch, tmp_path, m, dtype, arch):
     import suntool.kernels.w4a16 as mod
 
-    _, _, packed = quantized(256, 128, 128)
+    _, _, packed = random_gptq_weight(256, 128, 128)
     x = torch.randn(m, 256).to(dtype)
     (kernel,) = compile_launches_for_gpu(
         monkeypatch, tmp_path, mod, w4a16_matmul_triton, x, *packed, arch=arch
@@ -170,7 +158,7 @@ def test_compiles_for_cuda(monkeypatch, tmp_path, m, dtype, arch):
 def test_agrees_with_suntool_quant_packing():
     """Two implementations of one on-disk format: the kernels' and the quantizer's (suntool.quant.packing)."""
     packing = pytest.importorskip("suntool.quant.packing")
-    w_int, zeros, (qweight, qzeros, scales, g_idx) = quantized(64, 24, 16, act_order=True)
+    w_int, zeros, (qweight, qzeros, scales, g_idx) = random_gptq_weight(64, 24, 16, act_order=True)
     assert torch.equal(packing.pack_rows(w_int, 4), qweight)
     assert torch.equal(packing.encode_qzeros(zeros, 4), qzeros)
     theirs = packing.dequantize(qweight, qzeros, scales, g_idx, 4, torch.float32)  # [out, in]

@@ -19,8 +19,9 @@ import suntool.kernels.w4a16 as w4a16_module
 import suntool.kernels.w4a16_cpu as cpu_module
 from suntool.kernel_path import disable_kernels, enable_kernels
 from suntool.kernels.dispatch import KernelInputError
-from suntool.kernels.w4a16 import default_g_idx, pack_int4, pack_zeros, w4a16_matmul_ref
+from suntool.kernels.w4a16 import w4a16_matmul_ref
 from suntool.kernels.w4a16_cpu import CpuInt4Pack, pack_for_cpu, w4a16_matmul_cpu
+from tests.kernel_conftest_helpers import random_gptq_weight
 
 pytestmark = pytest.mark.skipif(not cpu_module.available(), reason="this torch has no int4 CPU ops")
 
@@ -34,19 +35,6 @@ def _one_thread_no_triton(monkeypatch):
     yield
     torch.set_num_threads(threads)
 
-
-def quantized(n_in, n_out, group_size, act_order=False, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    n_groups = 1 if group_size == -1 else -(-n_in // group_size)
-    w_int = torch.randint(0, 16, (n_in, n_out), generator=gen)
-    zeros = torch.randint(0, 16, (n_groups, n_out), generator=gen)
-    zeros[0, :5] = 0  # the v1 borrow case
-    zeros[-1, -3:] = 15
-    scales = (torch.rand(n_groups, n_out, generator=gen) * 0.05 + 0.001).half()
-    g_idx = default_g_idx(n_in, group_size)
-    if act_order:
-        g_idx = g_idx[torch.randperm(n_in, generator=gen)]
-    return w_int, zeros, (pack_int4(w_int), pack_zeros(zeros), scales, g_idx)
 
 
 def bound(x, w_int, zeros, scales, g_idx, y_ref):
@@ -70,7 +58,7 @@ def assert_within_bound(y, y_ref, tol):
 @pytest.mark.parametrize("group_size", [32, 64, 128])
 def test_matches_reference_within_bf16_bound(group_size, shape, bias):
     n_in, n_out = 256, 48
-    w_int, zeros, tensors = quantized(n_in, n_out, group_size, seed=group_size)
+    w_int, zeros, tensors = random_gptq_weight(n_in, n_out, group_size, seed=group_size)
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(*shape, n_in, generator=gen)
     b = torch.randn(n_out, generator=gen) if bias else None
@@ -90,7 +78,7 @@ def test_matches_reference_within_bf16_bound(group_size, shape, bias):
 @pytest.mark.parametrize("group_size", [256, -1], ids=["g256_uses_op_128", "one_group"])
 def test_larger_groups_repeat_their_scales(group_size):
     n_in, n_out = (384, 32) if group_size == 256 else (96, 32)  # 384 rows: a partial last GPTQ group
-    w_int, zeros, tensors = quantized(n_in, n_out, group_size)
+    w_int, zeros, tensors = random_gptq_weight(n_in, n_out, group_size)
     pack = pack_for_cpu(*tensors)
     assert pack is not None and pack.group_size == (128 if group_size == 256 else 32)
     x = torch.randn(4, n_in, generator=torch.Generator().manual_seed(2))
@@ -99,15 +87,15 @@ def test_larger_groups_repeat_their_scales(group_size):
 
 
 def test_fast_path_does_not_apply():
-    _, _, act_order = quantized(128, 32, 32, act_order=True)
+    _, _, act_order = random_gptq_weight(128, 32, 32, act_order=True)
     assert pack_for_cpu(*act_order) is None
-    _, _, group16 = quantized(128, 32, 16)  # the op accepts group sizes 32..256 only
+    _, _, group16 = random_gptq_weight(128, 32, 16)  # the op accepts group sizes 32..256 only
     assert pack_for_cpu(*group16) is None
-    _, _, group48 = quantized(96, 32, 48)
+    _, _, group48 = random_gptq_weight(96, 32, 48)
     assert pack_for_cpu(*group48) is None
-    _, _, narrow = quantized(128, 24, 32)  # out_features must be a multiple of 16
+    _, _, narrow = random_gptq_weight(128, 24, 32)  # out_features must be a multiple of 16
     assert pack_for_cpu(*narrow) is None
-    qweight, qzeros, scales, g_idx = quantized(128, 32, 32)[2]
+    qweight, qzeros, scales, g_idx = random_gptq_weight(128, 32, 32)[2]
     assert pack_for_cpu(qweight, qzeros, scales, g_idx + 4) is None  # g_idx past the last group
     assert pack_for_cpu(qweight.to("meta"), qzeros, scales, g_idx) is None  # not on the CPU
     with pytest.raises(KernelInputError):
@@ -115,7 +103,7 @@ def test_fast_path_does_not_apply():
 
 
 def test_rejects_bad_inputs():
-    pack = pack_for_cpu(*quantized(64, 32, 32)[2])
+    pack = pack_for_cpu(*random_gptq_weight(64, 32, 32)[2])
     with pytest.raises(KernelInputError):
         w4a16_matmul_cpu(torch.randn(2, 32), pack)
     with pytest.raises(KernelInputError):
