@@ -147,12 +147,25 @@ def _collect(results: dict) -> dict[str, MetricValue]:
     return metrics
 
 
-def _artifact_label(spec: str, taken: set[str]) -> str:
-    base = Path(spec).name or spec
-    label, count = base, 2
-    while label in taken:
-        label, count = f"{base}-{count}", count + 1
-    return label
+def artifact_labels(specs: list[str] | tuple[str, ...]) -> list[str]:
+    """One row label per artifact: its directory name, or as many trailing path parts as it takes
+    to tell it from the others (``program/sun``, ``arith/sun``); exact repeats get ``-2``, ``-3``."""
+    parts = [Path(spec).parts or (spec,) for spec in specs]
+    depth = [1] * len(specs)
+    while True:
+        labels = ["/".join(p[-d:]) for p, d in zip(parts, depth, strict=True)]
+        clashing = [i for i, label in enumerate(labels) if labels.count(label) > 1 and depth[i] < len(parts[i])]
+        if not clashing:
+            break
+        for i in clashing:
+            depth[i] += 1
+    unique: list[str] = []
+    for label in labels:
+        candidate, count = label, 2
+        while candidate in unique:
+            candidate, count = f"{label}-{count}", count + 1
+        unique.append(candidate)
+    return unique
 
 
 def run_eval(config: EvalConfig, progress: Progress | None = None) -> EvalReport:
@@ -174,8 +187,7 @@ def run_eval(config: EvalConfig, progress: Progress | None = None) -> EvalReport
     from suntool.lmeval import SuntoolLM
 
     report = EvalReport()
-    for spec in config.artifacts:
-        label = _artifact_label(spec, set(report.rows))
+    for spec, label in zip(config.artifacts, artifact_labels(config.artifacts), strict=True):
         say(f"evaluating {label} on {', '.join(config.tasks)}")
         model = SuntoolLM(
             artifact=spec, dtype=config.dtype, batch_size=config.batch_size, allow_mismatch=config.allow_mismatch

@@ -70,3 +70,12 @@ def test_eval_bad_input(capsys, two_artifacts, tmp_path):
         assert_user_error(capsys, ["eval", art, "--tasks", "suntool_arith", "--output", str(target)], "not writable")
     finally:
         (tmp_path / "locked").chmod(0o700)
+
+
+def test_row_labels_tell_same_named_artifacts_apart():
+    from suntool.evaluate import artifact_labels
+
+    assert artifact_labels(["runs/program/sun", "runs/arith/sun", "smollm2-135m"]) == [
+        "program/sun", "arith/sun", "smollm2-135m"]
+    assert artifact_labels(["x/task", "x/task"]) == ["x/task", "x/task-2"]
+    assert artifact_labels(["sun", "deep/sun"]) == ["sun", "deep/sun"]
