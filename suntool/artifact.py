@@ -162,10 +162,11 @@ def load_artifact(
     same = manifest.prefill.sha256 == manifest.decode.sha256 and not adapters
     decode_model = prefill_model if same else load_half(ref, "decode", dtype, device)
     if kernels:  # norms, rotary, decode attention and w4a16 through suntool.kernels (SUNTOOL_KERNELS=ref|triton|auto)
-        from suntool.kernel_path import enable_kernels
+        from suntool.kernel_path import enable_kernels, keep_only_cpu_int4_packs
 
-        enable_kernels(prefill_model, strict=False)
-        enable_kernels(decode_model, strict=False)
+        for model in {id(m): m for m in (prefill_model, decode_model)}.values():
+            enable_kernels(model, strict=False)
+            keep_only_cpu_int4_packs(model)  # bf16 4-bit halves on CPU: hold the int4 pack, not qweight too
     tokenizer = load_tokenizer(ref.prefill_dir)
     return LoadedArtifact(ref=ref, prefill_model=prefill_model, decode_model=decode_model, tokenizer=tokenizer)
 

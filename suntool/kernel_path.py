@@ -40,6 +40,8 @@ Supported: llama, qwen2, qwen3, mistral, phi3, gemma2, gemma3_text (`SUPPORTED`)
   `suntool.kernels.w4a16_cpu` (PyTorch's int4 CPU kernel, bf16 rounding of the scales and zeros) when its
   pack applies: built on the first such call and kept in the module's `__dict__` (remade when a buffer is
   replaced or modified in place; "does not apply" is kept too); `disable_kernels` drops it.
+  `keep_only_cpu_int4_packs(model)` builds the packs up front and frees the GPTQ buffers (inference-only bf16
+  CPU models: `load_artifact` and the serving engine call it), halving the 4-bit weight bytes held.
 
 The backend of every call is chosen by `suntool.kernels.dispatch` (`SUNTOOL_KERNELS=ref|triton|auto`,
 read per call): on CPU the references run, and greedy outputs equal HF `generate`. Everything is per
@@ -73,6 +75,7 @@ _STATE_ATTR = "_suntool_kernels_from"  # on the model: the attention implementat
 _NORM_ATTR = "_suntool_rmsnorm"  # on each RMSNorm: (eps, offset)
 _ROUTER_ATTR = "_suntool_original"  # on a routed apply_rotary_pos_emb: the function it replaced
 _CPU_INT4_ATTR = "_suntool_cpu_int4"  # on each QuantLinear: (buffer stamp, CpuInt4Pack or None)
+_PACK_ONLY_ATTR = "_suntool_pack_only"  # True once keep_only_cpu_int4_packs freed its qweight
 
 _IN_ENABLED_ATTENTION = contextvars.ContextVar("suntool_in_enabled_attention", default=False)
 
@@ -140,6 +143,11 @@ def disable_kernels(model):
     original = getattr(model, _STATE_ATTR, None)
     if original is None:
         return model
+    if any(module.__dict__.get(_PACK_ONLY_ATTR) for module in model.modules()):
+        raise SuntoolError(
+            "this model's 4-bit linears keep only their CPU int4 packs (keep_only_cpu_int4_packs freed their "
+            "GPTQ weights), so they cannot leave the kernels path: reload the model instead"
+        )
     for module in model.modules():
         if _NORM_ATTR in module.__dict__:
             del module.__dict__[_NORM_ATTR]
@@ -422,18 +430,69 @@ def _quant_linears(model, *, enable: bool) -> None:
                 module.__dict__.pop(_CPU_INT4_ATTR, None)
 
 
+def keep_only_cpu_int4_packs(model) -> int:
+    """Free the GPTQ buffers of every 4-bit linear that the CPU int4 op will run; returns bytes freed.
+
+    For inference-only models on the CPU in bf16 with the kernels enabled (what `load_artifact` and the
+    serving engine load): such a linear runs from its `CpuInt4Pack`, a lossless repack of ``qweight``,
+    so keeping both doubles the 4-bit weight bytes. Built here (not on the first call), the packs
+    replace the GPTQ buffers (``qweight``, ``qzeros``, ``scales``, ``g_idx``: empty tensors afterwards;
+    the pack holds the scales and zeros in bf16). Returns the bytes of the buffers freed.
+    The model is inference-only afterwards: its parameters are frozen (``requires_grad_(False)``), those
+    linears accept only bf16 CPU inputs without gradient and raise `SuntoolError` otherwise, and
+    `disable_kernels` refuses the model. Does nothing (returns 0) for a model that is not
+    bf16 on the CPU with kernels enabled, under ``SUNTOOL_KERNELS=ref`` or Triton's interpreter, or
+    where the op is missing; linears the op cannot read (act-order ``g_idx``...) keep ``qweight``.
+    """
+    import torch
+
+    from suntool.kernels.dispatch import interpreting, requested_mode
+
+    quant = sys.modules.get("suntool.quant.qlinear")
+    if quant is None or not kernels_enabled(model) or requested_mode() == "ref" or interpreting():
+        return 0
+    if not _w4a16_cpu.available():
+        return 0
+    floats = [p for p in model.parameters() if p.is_floating_point()]
+    if not floats or any(p.dtype != torch.bfloat16 or p.device.type != "cpu" for p in floats):
+        return 0
+    freed = 0
+    model.requires_grad_(False)
+    for module in model.modules():
+        if not (isinstance(module, quant.QuantLinear) and "forward" in module.__dict__):
+            continue
+        if module.__dict__.get(_PACK_ONLY_ATTR):
+            continue
+        pack = _cpu_int4_pack(module)
+        if pack is None:
+            continue
+        for name in ("qweight", "qzeros", "scales", "g_idx"):  # all in the pack (scales/zeros as bf16)
+            tensor = getattr(module, name)
+            freed += tensor.nbytes
+            setattr(module, name, torch.empty(0, dtype=tensor.dtype))
+        buffers = (module.qweight, module.qzeros, module.scales, module.g_idx)
+        module.__dict__[_CPU_INT4_ATTR] = (tuple((weakref.ref(t), _version(t)) for t in buffers), pack)
+        module.__dict__[_PACK_ONLY_ATTR] = True
+    return freed
+
+
 def _quant_linear_forward(self, x):
     import torch
 
     from suntool.kernels.dispatch import interpreting, needs_grad, requested_mode
 
-    if (
-        x.dtype == torch.bfloat16
-        and x.device.type == "cpu"
-        and not needs_grad(x, self.bias)
-        and requested_mode() != "ref"
-        and not interpreting()
-    ):
+    fast_input = x.dtype == torch.bfloat16 and x.device.type == "cpu" and not needs_grad(x, self.bias)
+    if self.__dict__.get(_PACK_ONLY_ATTR):
+        cached = self.__dict__.get(_CPU_INT4_ATTR)
+        if not fast_input or cached is None or cached[1] is None:
+            raise SuntoolError(
+                f"this 4-bit linear ({self.in_features}->{self.out_features}) keeps only its CPU int4 pack "
+                f"(loaded for bf16 inference on the CPU), so it runs bf16 CPU inputs without gradient; got "
+                f"{x.dtype} on {x.device.type}{' with gradient' if needs_grad(x, self.bias) else ''}. "
+                "Reload the model for other uses (SUNTOOL_KERNELS=ref keeps the GPTQ weights)."
+            )
+        return _w4a16_cpu.w4a16_matmul_cpu(x, cached[1], self.bias)
+    if fast_input and requested_mode() != "ref" and not interpreting():
         pack = _cpu_int4_pack(self)
         if pack is not None:
             return _w4a16_cpu.w4a16_matmul_cpu(x, pack, self.bias)

@@ -17,7 +17,7 @@ import torch
 
 import suntool.kernels.w4a16 as w4a16_module
 import suntool.kernels.w4a16_cpu as cpu_module
-from suntool.kernel_path import disable_kernels, enable_kernels
+from suntool.kernel_path import disable_kernels, enable_kernels, keep_only_cpu_int4_packs
 from suntool.kernels.dispatch import KernelInputError
 from suntool.kernels.w4a16 import w4a16_matmul_ref
 from suntool.kernels.w4a16_cpu import CpuInt4Pack, pack_for_cpu, w4a16_matmul_cpu
@@ -219,3 +219,39 @@ def test_grad_keeps_the_reference(counts):
     x = torch.randn(2, layer.in_features, requires_grad=True).bfloat16()
     layer(x).float().sum().backward()
     assert counts["w4a16_matmul_cpu"] == 0 and counts["w4a16_matmul"] == 1
+
+
+def test_keep_only_packs_frees_qweight_and_computes_the_same(counts):
+    from suntool.errors import SuntoolError
+
+    model = enable_kernels(rtn_llama()).bfloat16()
+    linears = quant_linears(model)
+    gptq_bytes = sum(m.qweight.nbytes + m.qzeros.nbytes + m.scales.nbytes + m.g_idx.nbytes for m in linears)
+    ids = torch.randint(3, 100, (2, 6), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    counts.clear()
+    assert keep_only_cpu_int4_packs(model) == gptq_bytes > 0
+    assert all(t.numel() == 0 for m in linears for t in (m.qweight, m.qzeros, m.scales, m.g_idx))
+    assert not any(p.requires_grad for p in model.parameters())
+    assert keep_only_cpu_int4_packs(model) == 0  # idempotent
+    after = model(input_ids=ids).logits  # grad mode on: frozen parameters, so no gradient is needed
+    assert torch.equal(after, before)
+    assert counts["w4a16_matmul_cpu"] == len(linears) and counts["w4a16_matmul"] == 0
+    assert counts["pack_for_cpu"] == 0  # the packs of the first forward, kept: never re-made from the empty qweight
+    layer = linears[0]
+    with pytest.raises(SuntoolError, match="keeps only its CPU int4 pack.*float32"):
+        layer(torch.zeros(1, layer.in_features))
+    with pytest.raises(SuntoolError, match="with gradient"):
+        layer(torch.zeros(1, layer.in_features, dtype=torch.bfloat16, requires_grad=True))
+    with pytest.raises(SuntoolError, match="reload the model"):
+        disable_kernels(model)
+
+
+def test_keep_only_packs_leaves_other_models_alone(monkeypatch):
+    fp32 = enable_kernels(rtn_llama())
+    assert keep_only_cpu_int4_packs(fp32) == 0  # fp32 activations need the GPTQ weights
+    assert keep_only_cpu_int4_packs(rtn_llama().bfloat16()) == 0  # kernels not enabled
+    monkeypatch.setenv("SUNTOOL_KERNELS", "ref")
+    assert keep_only_cpu_int4_packs(enable_kernels(rtn_llama()).bfloat16()) == 0
+    assert all(m.qweight.numel() > 0 for m in quant_linears(fp32))

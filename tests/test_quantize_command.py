@@ -120,3 +120,28 @@ def test_default_group_size_fits_the_model(capsys, sun_artifact):
     """hidden 64 / intermediate 96: 128 and 64 do not divide 96, so the default picks 32."""
     run_cli(capsys, "quantize", str(sun_artifact), "--method", "rtn")
     assert read_manifest(sun_artifact).decode.quantization["group_size"] == 32
+
+
+def test_bf16_quantized_half_loads_holding_only_the_cpu_int4_packs(capsys, llama_dir, tmp_path):
+    from suntool.kernels.w4a16_cpu import available
+    from suntool.quant.qlinear import QuantLinear
+
+    if not available():
+        pytest.skip("this torch has no int4 CPU ops")
+    split(SplitConfig(model=str(llama_dir), out=tmp_path / "bf16", dtype="bfloat16"))
+    run_cli(capsys, "quantize", str(tmp_path / "bf16"), "--group-size", "32", "--method", "rtn")
+    packed = load_artifact(tmp_path / "bf16", dtype="bfloat16")
+    plain = load_artifact(tmp_path / "bf16", dtype="bfloat16", kernels=False)
+    linears = [m for m in packed.decode_model.modules() if isinstance(m, QuantLinear)]
+    assert linears and all(m.qweight.numel() == 0 for m in linears)  # the int4 pack replaced it
+    assert all(m.qweight.numel() > 0 for m in plain.decode_model.modules() if isinstance(m, QuantLinear))
+    ids, mask = padded_batch()
+    with torch.no_grad():
+        fast = packed.decode_model(input_ids=ids, attention_mask=mask).logits.float()
+        ref = plain.decode_model(input_ids=ids, attention_mask=mask).logits.float()
+    valid = mask.bool()
+    # bf16 rounding of scales/zeros and of the op's output: a few bf16 ulps of the logits
+    assert (fast - ref)[valid].abs().max() < 0.05 * ref[valid].abs().max()
+    assert (fast.argmax(-1) == ref.argmax(-1))[valid].float().mean() > 0.9
+    code, stdout, _ = run_cli(capsys, "generate", str(tmp_path / "bf16"), "Paris is", "--max-new-tokens", "4")
+    assert code == 0 and stdout.strip()

@@ -209,10 +209,11 @@ class Engine:
         config = config or EngineConfig()
         config.validate()
         self.config, self.loaded, self.observer = config, loaded, observer or EngineObserver()
-        from suntool.kernel_path import enable_kernels
+        from suntool.kernel_path import enable_kernels, keep_only_cpu_int4_packs
 
         for model in loaded.weights.values():  # norms, rotary, decode attention, w4a16 via suntool.kernels
             enable_kernels(model, strict=False)
+            keep_only_cpu_int4_packs(model)  # bf16 4-bit halves on CPU: hold the int4 pack, not qweight too
         plan = loaded.plan
         self.mode, self.share = plan.mode, plan.share
         self.torch_threads = config.torch_threads or max(1, (os.cpu_count() or 1) // (config.decode_workers + 1))
