@@ -75,7 +75,7 @@ _STATE_ATTR = "_suntool_kernels_from"  # on the model: the attention implementat
 _NORM_ATTR = "_suntool_rmsnorm"  # on each RMSNorm: (eps, offset)
 _ROUTER_ATTR = "_suntool_original"  # on a routed apply_rotary_pos_emb: the function it replaced
 _CPU_INT4_ATTR = "_suntool_cpu_int4"  # on each QuantLinear: (buffer stamp, CpuInt4Pack or None)
-_PACK_ONLY_ATTR = "_suntool_pack_only"  # True once keep_only_cpu_int4_packs freed its qweight
+_PACK_ONLY_ATTR = "_suntool_pack_only"  # True once keep_only_cpu_int4_packs freed its GPTQ buffers
 
 _IN_ENABLED_ATTENTION = contextvars.ContextVar("suntool_in_enabled_attention", default=False)
 
@@ -438,11 +438,12 @@ def keep_only_cpu_int4_packs(model) -> int:
     so keeping both doubles the 4-bit weight bytes. Built here (not on the first call), the packs
     replace the GPTQ buffers (``qweight``, ``qzeros``, ``scales``, ``g_idx``: empty tensors afterwards;
     the pack holds the scales and zeros in bf16). Returns the bytes of the buffers freed.
-    The model is inference-only afterwards: its parameters are frozen (``requires_grad_(False)``), those
-    linears accept only bf16 CPU inputs without gradient and raise `SuntoolError` otherwise, and
-    `disable_kernels` refuses the model. Does nothing (returns 0) for a model that is not
+    When anything was freed the model is inference-only afterwards: its parameters are frozen
+    (``requires_grad_(False)``), those linears accept only bf16 CPU inputs without gradient and raise
+    `SuntoolError` otherwise, and `disable_kernels` refuses the model. Does nothing (returns 0) for a model that is not
     bf16 on the CPU with kernels enabled, under ``SUNTOOL_KERNELS=ref`` or Triton's interpreter, or
-    where the op is missing; linears the op cannot read (act-order ``g_idx``...) keep ``qweight``.
+    where the op is missing, or (nothing freed) with no 4-bit linear the op can read; linears it cannot
+    read (act-order ``g_idx``...) keep their GPTQ buffers and the reference path.
     """
     import torch
 
@@ -457,7 +458,6 @@ def keep_only_cpu_int4_packs(model) -> int:
     if not floats or any(p.dtype != torch.bfloat16 or p.device.type != "cpu" for p in floats):
         return 0
     freed = 0
-    model.requires_grad_(False)
     for module in model.modules():
         if not (isinstance(module, quant.QuantLinear) and "forward" in module.__dict__):
             continue
@@ -473,6 +473,8 @@ def keep_only_cpu_int4_packs(model) -> int:
         buffers = (module.qweight, module.qzeros, module.scales, module.g_idx)
         module.__dict__[_CPU_INT4_ATTR] = (tuple((weakref.ref(t), _version(t)) for t in buffers), pack)
         module.__dict__[_PACK_ONLY_ATTR] = True
+    if freed:
+        model.requires_grad_(False)
     return freed
 
 

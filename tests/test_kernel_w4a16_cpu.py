@@ -255,3 +255,4 @@ def test_keep_only_packs_leaves_other_models_alone(monkeypatch):
     monkeypatch.setenv("SUNTOOL_KERNELS", "ref")
     assert keep_only_cpu_int4_packs(enable_kernels(rtn_llama()).bfloat16()) == 0
     assert all(m.qweight.numel() > 0 for m in quant_linears(fp32))
+    assert all(p.requires_grad for p in fp32.parameters())  # left trainable
