@@ -34,7 +34,6 @@ def _interpreter(monkeypatch):
     use_interpreter(monkeypatch)
 
 
-
 def test_pack_int4_matches_hand_packed_words():
     w = torch.zeros(16, 2, dtype=torch.int32)
     w[:8, 0] = torch.tensor([1, 2, 3, 4, 5, 6, 7, 15])  # low nibble first

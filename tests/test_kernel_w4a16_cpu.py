@@ -36,7 +36,6 @@ def _one_thread_no_triton(monkeypatch):
     torch.set_num_threads(threads)
 
 
-
 def bound(x, w_int, zeros, scales, g_idx, y_ref):
     """Twice the first-order bf16 error bound of the module docstring, per output."""
     g = g_idx.long()
