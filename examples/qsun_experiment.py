@@ -57,20 +57,6 @@ def with_decode_half(prefill_artifact: Path, decode_artifact: Path):
                           tokenizer=task.tokenizer)
 
 
-def cached_eval(path: Path, variant: str, load, task: str, test: list[dict], args, trained: Path | None) -> dict:
-    from suntool.atomic import atomic_write_text
-
-    if path.is_file():
-        result = json.loads(path.read_text())
-    else:
-        loaded = load()
-        result = {"variant": variant, **experiment.score_answers(loaded, task, test, args.max_new_tokens),
-                  **(experiment.training_summary(trained) if trained else {}),
-                  "pair_nll": experiment.completion_nll(loaded, test)}
-        atomic_write_text(path, json.dumps(result, indent=2) + "\n")
-    return experiment.with_pair_nll(path, result, load, test)
-
-
 def main(argv=None) -> int:
     from suntool.artifact import load_artifact
     from suntool.atomic import atomic_write_text
@@ -89,10 +75,10 @@ def main(argv=None) -> int:
         qsun = experiment.train_variant("sun", qtask_dir, {"sun": qbase}, train, test_path, args)
         results += [
             experiment.evaluate("sun", task, task_dir, bases, test, args) | {"variant": "sun (fp decode)"},
-            cached_eval(qtask_dir / "eval-sun-4bit-decode.json", "sun + 4-bit decode, no recovery",
-                        lambda sun=sun: with_decode_half(sun, qbase), task, test, args, None),
-            cached_eval(qtask_dir / "eval-qsun.json", "qsun (recovered)", lambda qsun=qsun: load_artifact(qsun),
-                        task, test, args, qsun),
+            experiment.cached_eval(qtask_dir / "eval-sun-4bit-decode.json", "sun + 4-bit decode, no recovery",
+                                   lambda sun=sun: with_decode_half(sun, qbase), task, test, args, None),
+            experiment.cached_eval(qtask_dir / "eval-qsun.json", "qsun (recovered)",
+                                   lambda qsun=qsun: load_artifact(qsun), task, test, args, qsun),
         ]
         for result in results[-3:]:
             print(f"  {task}: {result['variant']:34s} accuracy {result['accuracy']:.3f}", flush=True)

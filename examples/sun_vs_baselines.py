@@ -196,18 +196,24 @@ def training_summary(artifact: Path) -> dict:
             "initial_eval_loss": training.get("initial_eval_loss"), "steps": training.get("steps")}
 
 
-def evaluate(variant: str, task: str, task_dir: Path, bases: dict[str, Path], test: list[dict], args) -> dict:
+def cached_eval(cached: Path, variant: str, load, task: str, test: list[dict], args, trained: Path | None) -> dict:
+    """Score the pairing `load()` returns (accuracy, NLL as served, `trained`'s training summary), once:
+    the result is kept in `cached` and read back on a re-run."""
     from suntool.atomic import atomic_write_text
 
-    cached = task_dir / f"eval-{variant}.json"
     if cached.is_file():
         result = json.loads(cached.read_text())
     else:
-        loaded = load_pair(variant, task_dir, bases)
+        loaded = load()
         result = {"variant": variant, **score_answers(loaded, task, test, args.max_new_tokens),
-                  **training_summary(task_dir / variant), "pair_nll": completion_nll(loaded, test)}
+                  **(training_summary(trained) if trained else {}), "pair_nll": completion_nll(loaded, test)}
         atomic_write_text(cached, json.dumps(result, indent=2) + "\n")
-    return with_pair_nll(cached, result, lambda: load_pair(variant, task_dir, bases), test)
+    return with_pair_nll(cached, result, load, test)
+
+
+def evaluate(variant: str, task: str, task_dir: Path, bases: dict[str, Path], test: list[dict], args) -> dict:
+    return cached_eval(task_dir / f"eval-{variant}.json", variant, lambda: load_pair(variant, task_dir, bases),
+                       task, test, args, task_dir / variant)
 
 
 def table(results: list[dict]) -> str:

@@ -470,9 +470,7 @@ def keep_only_cpu_int4_packs(model) -> int:
             tensor = getattr(module, name)
             freed += tensor.nbytes
             setattr(module, name, torch.empty(0, dtype=tensor.dtype))
-        buffers = (module.qweight, module.qzeros, module.scales, module.g_idx)
-        module.__dict__[_CPU_INT4_ATTR] = (tuple((weakref.ref(t), _version(t)) for t in buffers), pack)
-        module.__dict__[_PACK_ONLY_ATTR] = True
+        module.__dict__[_PACK_ONLY_ATTR] = True  # its forward reads the cached pack, never re-stamps it
     if freed:
         model.requires_grad_(False)
     return freed
