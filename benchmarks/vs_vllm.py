@@ -98,6 +98,10 @@ def main(argv=None) -> int:
     from suntool.bench.workload import WorkloadSpec
 
     args = parse(argv)
+    if not os.access(args.vllm_python, os.X_OK):
+        raise SystemExit(f"--vllm-python {args.vllm_python}: not an executable python (give the python of the vLLM venv)")
+    if not args.model.is_dir():
+        raise SystemExit(f"--model {args.model}: not a directory (give the HF checkpoint vLLM should serve)")
     rates = tuple(math.inf if r.lower() == "inf" else float(r) for r in (args.rate or ["inf"]))
     spec = WorkloadSpec.parse("zipf:1.0", dataset="tasks", input_len=128, output_len=args.output_len, seed=args.seed)
     common = {"rates": rates, "num_requests": args.num_requests, "workload": spec}
