@@ -99,7 +99,7 @@ def main(argv=None) -> int:
 
     args = parse(argv)
     if not os.access(args.vllm_python, os.X_OK):
-        raise SystemExit(f"--vllm-python {args.vllm_python}: not an executable python (give the python of the vLLM venv)")
+        raise SystemExit(f"--vllm-python {args.vllm_python}: not an executable (the vLLM venv python)")
     if not args.model.is_dir():
         raise SystemExit(f"--model {args.model}: not a directory (give the HF checkpoint vLLM should serve)")
     rates = tuple(math.inf if r.lower() == "inf" else float(r) for r in (args.rate or ["inf"]))
