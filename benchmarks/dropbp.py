@@ -1,25 +1,35 @@
-"""DropBP vs plain backward: training step time as a ratio measured in one run, and peak memory.
+"""DropBP vs plain backward at several drop rates, with and without LoRA: step time as a ratio in one run, memory.
 
-    .venv/bin/python benchmarks/dropbp.py [--model smollm2-135m] [--method full] [--p 0.5]
-        [--batch-size 4] [--prompt-len 64] [--completion-len 64] [--pairs 8] [--out FILE.json]
+    .venv/bin/python benchmarks/dropbp.py [--model smollm2-135m] [--method full] [--rate 0.5 --rate 0.75 --rate 0.875]
+        [--lora 0 --lora 16] [--batch-size 4] [--prompt-len 64] [--completion-len 64] [--pairs 8] [--out FILE.json]
 
-One process loads the model through the library's own training path
-(`suntool.train.methods.build_method`: the same loss, the same DropBP drop layers),
-calibrates DropBP's rates as the training loop does after 10% of its steps (sensitivity
-on two examples, greedy allocation under the (1-p) FLOPs budget), then alternates plain and
-DropBP optimizer steps (forward + backward + clip + AdamW) on the same fixed batch:
-ABAB... after warm-up steps of each, so drift of a shared machine hits both alike. A plain step
-is the same module with no branch dropped. Reported: median step time of each, the
-ratio DropBP/plain, forward and backward medians, and the realised kept-FLOPs fraction.
+For each LoRA setting (`--lora 0`: all weights trained; `--lora R`: a rank-R LoRA adapter on every
+linear of the trained model, the QLoRA-style setting of the DropBP paper without the 4-bit base),
+one process loads the model through the library's own training path
+(`suntool.train.methods.build_method`: the same loss, the same DropBP drop layers), measures the
+branch sensitivities once as the training loop does after 10% of its steps (two examples), and
+allocates DropBP's rates for every target rate from them (greedy, under the (1-p) FLOPs budget).
+It then runs rounds of optimizer steps (forward + backward + clip + AdamW) on the same fixed batch:
+in each round one plain step, then one DropBP step per target rate, so drift of a shared machine
+hits every variant alike. A plain step is the same module with no branch dropped. Reported per
+rate: median step time and the ratio DropBP/plain, forward and backward+update medians, and the
+realised kept-FLOPs fraction.
 
-Memory: the bytes of activations autograd holds for backward at the end of a plain
-forward and of DropBP forwards (mean over sampled drop sets) — a dropped branch's part
-of the graph is released as soon as its output is detached; on CUDA also
-`torch.cuda.max_memory_allocated` per step. The process's peak RSS is printed for scale
-(it is set by loading the model, the same for both).
+Memory, per variant:
+- `saved_activations`: bytes of the activations autograd holds for backward at the end of the
+  forward (a dropped branch's part of the graph is released as soon as its output is detached);
+  for DropBP the mean over sampled drop sets;
+- `training_state`: bytes of the weights, of the gradients of the trainable parameters and of
+  AdamW's two moments (the same for every rate: gradients are allocated for every trainable
+  parameter over a run);
+- `peak_estimate` = training_state + saved_activations (on CPU there is no allocator peak counter);
+- on CUDA also `torch.cuda.max_memory_allocated` per step (`cuda_peak`).
+The process's peak RSS is printed for scale (set by loading the model).
 
-The data is random token ids (the step time does not depend on their values). Results go
-to stdout and, as JSON, to `--out` (default `benchmarks/results/dropbp.json`).
+The data is random token ids (the step time does not depend on their values). Use fp32 on CPUs
+without native bf16 (AVX2-only machines emulate bf16, and it is slower there). Results go to stdout
+and, as JSON, to `--out` (default `benchmarks/results/dropbp.json`), rewritten after each LoRA
+setting so a partial run leaves its finished part.
 """
 
 from __future__ import annotations
@@ -35,8 +45,8 @@ import time
 from pathlib import Path
 
 
-def build(args):
-    """(setup, batch, optimizer, device) for the benchmark, through the library's training path."""
+def build(args, lora: int):
+    """(setup, batch, optimizer, device, config) for one LoRA setting, through the library's training path."""
     import torch
 
     from suntool.artifact import open_artifact
@@ -48,7 +58,7 @@ def build(args):
     torch.manual_seed(0)
     dist = setup_distributed(args.device)
     config = FinetuneConfig(artifact=args.model, data="unused.jsonl", out="unused-out", method=args.method,
-                            dropbp=args.p, lora=args.lora, bf16=args.bf16, device=args.device, seed=0).validate()
+                            dropbp=max(args.rates), lora=lora, bf16=args.bf16, device=args.device, seed=0).validate()
     ref = open_artifact(args.model)
     setup = build_method(config, ref, dist)
     vocab = int(ref.prefill_config.get("vocab_size") or 32000)
@@ -59,8 +69,7 @@ def build(args):
         for i in range(args.batch_size)
     ]
     batch = collate(examples, pad_id=0).to(dist.device)
-    params = setup.trainable_parameters()
-    optimizer = torch.optim.AdamW(params, lr=1e-5, foreach=False)
+    optimizer = torch.optim.AdamW(setup.trainable_parameters(), lr=1e-5, foreach=False)
     return setup, batch, optimizer, dist.device, config
 
 
@@ -94,6 +103,7 @@ def one_step(setup, batch, optimizer, device, config, *, dropped) -> tuple[float
 
 
 def calibrate(setup, batch, config, device) -> list[float]:
+    """The branch sensitivities, measured as the training loop measures them (once; they do not depend on p)."""
     from suntool.train.data import Batch
     from suntool.train.distributed import DistInfo
     from suntool.train.dropbp import CALIBRATION_EXAMPLES
@@ -101,47 +111,92 @@ def calibrate(setup, batch, config, device) -> list[float]:
 
     probe = Batch(*(t[:CALIBRATION_EXAMPLES] for t in (batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
                                                      batch.completion_mask)))
-    return _calibrate_dropbp(setup, probe, config, DistInfo(0, 1, 0, device))
+    _calibrate_dropbp(setup, probe, config, DistInfo(0, 1, 0, device))
+    return list(setup.dropbp.sensitivities)
 
 
-def measure(args) -> dict:
+def rates_for(dropbp, sensitivities: list[float], target: float) -> list[float]:
+    """Point `dropbp` at `target` with the rates the loop would allocate from `sensitivities`."""
+    from suntool.train.dropbp import allocate_rates
+
+    dropbp.target = target
+    dropbp.rates = allocate_rates(sensitivities, dropbp.flops, target)
+    return dropbp.rates
+
+
+def realised_kept_fraction(dropbp, draws: int = 2000) -> float:
+    dropbp.kept_flops = dropbp.total_flops = 0.0
+    for index in range(draws):
+        dropbp.sample(100_000 + index)
+    return dropbp.realised_kept_fraction
+
+
+def _median(rows: list[tuple[float, float]]) -> dict:
+    return {"step_s": statistics.median(f + b for f, b in rows), "forward_s": statistics.median(f for f, _ in rows),
+            "backward_update_s": statistics.median(b for _, b in rows), "steps": len(rows)}
+
+
+def measure(args, lora: int) -> dict:
+    """Everything for one LoRA setting: plain and every rate, interleaved in rounds."""
     import torch
 
-    setup, batch, optimizer, device, config = build(args)
+    setup, batch, optimizer, device, config = build(args, lora)
     dropbp = setup.dropbp
-    rates = calibrate(setup, batch, config, device)
-    timings = {"plain": [], "dropbp": []}
+    sensitivities = calibrate(setup, batch, config, device)
+    rates = {p: list(rates_for(dropbp, sensitivities, p)) for p in args.rates}
+    timings: dict[str, list] = {"plain": [], **{str(p): [] for p in args.rates}}
     for index in range(args.warmup + args.pairs):
-        for variant in ("plain", "dropbp"):
-            dropped = dropbp.sample(index) if variant == "dropbp" else frozenset()
+        for variant in timings:
+            if variant == "plain":
+                dropped = frozenset()
+            else:
+                rates_for(dropbp, sensitivities, float(variant))
+                dropped = dropbp.sample(index)
             forward, backward = one_step(setup, batch, optimizer, device, config, dropped=dropped)
             if index >= args.warmup:
                 timings[variant].append((forward, backward))
-    result = {}
-    for variant, rows in timings.items():
-        result[variant] = {
-            "step_s": statistics.median(f + b for f, b in rows),
-            "forward_s": statistics.median(f for f, _ in rows),
-            "backward_update_s": statistics.median(b for _, b in rows),
-            "steps": len(rows),
+    plain = _median(timings["plain"])
+    state = training_state_bytes(setup)
+    plain_memory = None if args.no_memory else memory(setup, batch, optimizer, device, config, None)
+    per_rate = {}
+    for p in args.rates:
+        rates_for(dropbp, sensitivities, p)
+        timing = _median(timings[str(p)])
+        entry = {
+            "timings": timing,
+            "ratio_step": timing["step_s"] / plain["step_s"],
+            "ratio_forward": timing["forward_s"] / plain["forward_s"],
+            "ratio_backward_update": timing["backward_update_s"] / plain["backward_update_s"],
+            "rates": rates[p],
+            "expected_kept_fraction": dropbp.expected_kept_fraction,
+            "realised_kept_fraction_2000_draws": realised_kept_fraction(dropbp),
         }
-    memory_result = None if args.no_memory else memory(setup, batch, optimizer, device, config)
-    dropbp.kept_flops = dropbp.total_flops = 0.0
-    for index in range(2000):
-        dropbp.sample(index)
+        if plain_memory is not None:
+            mem = memory(setup, batch, optimizer, device, config, dropbp)
+            entry["memory_bytes"] = mem
+            entry["ratio_saved_activations"] = mem["saved_activations"] / plain_memory["saved_activations"]
+            entry["ratio_peak_estimate"] = (state + mem["saved_activations"]) / (
+                state + plain_memory["saved_activations"])
+        per_rate[str(p)] = entry
     return {
-        "timings": result,
-        "memory_bytes": memory_result,
-        "ratio_step": result["dropbp"]["step_s"] / result["plain"]["step_s"],
-        "ratio_backward_update": result["dropbp"]["backward_update_s"] / result["plain"]["backward_update_s"],
-        "rates": rates,
-        "expected_kept_fraction": dropbp.expected_kept_fraction,
-        "realised_kept_fraction_2000_draws": dropbp.realised_kept_fraction,
+        "lora": lora,
+        "plain": {"timings": plain, "memory_bytes": plain_memory},
+        "training_state_bytes": state,
+        "rates": per_rate,
+        "sensitivities": sensitivities,
         "branches": len(dropbp.branches),
         "trainable_parameters": sum(p.numel() for p in setup.trainable_parameters()),
         "torch_threads": torch.get_num_threads(),
         "device": str(device),
     }
+
+
+def training_state_bytes(setup) -> int:
+    """Weights (every model of the setup) + gradients and AdamW's two moments of the trainable parameters."""
+    models = [setup.trainable] + ([setup.frozen] if setup.frozen is not None else [])
+    weights = {p.untyped_storage().data_ptr(): p.numel() * p.element_size() for m in models for p in m.parameters()}
+    trainable = sum(p.numel() * p.element_size() for p in setup.trainable_parameters())
+    return sum(weights.values()) + 3 * trainable
 
 
 def activation_bytes(setup, batch, optimizer, device, config, *, dropped) -> dict:
@@ -189,16 +244,13 @@ def activation_bytes(setup, batch, optimizer, device, config, *, dropped) -> dic
     return result
 
 
-def memory(setup, batch, optimizer, device, config, draws: int = 6) -> dict:
-    """Activation memory of plain steps vs DropBP steps (mean over `draws` sampled drop sets)."""
-    plain = activation_bytes(setup, batch, optimizer, device, config, dropped=frozenset())
-    dropped = [activation_bytes(setup, batch, optimizer, device, config, dropped=setup.dropbp.sample(10_000 + i))
-               for i in range(draws)]
-    result = {"saved_activations_plain": plain["saved"],
-              "saved_activations_dropbp_mean": sum(d["saved"] for d in dropped) / draws}
-    if "cuda_peak" in plain:
-        result["cuda_peak_plain"] = plain["cuda_peak"]
-        result["cuda_peak_dropbp_max"] = max(d["cuda_peak"] for d in dropped)
+def memory(setup, batch, optimizer, device, config, dropbp, draws: int = 6) -> dict:
+    """Activation memory of plain steps (`dropbp=None`) or of DropBP steps (mean over `draws` drop sets)."""
+    sets = [frozenset()] if dropbp is None else [dropbp.sample(10_000 + i) for i in range(draws)]
+    rows = [activation_bytes(setup, batch, optimizer, device, config, dropped=d) for d in sets]
+    result = {"saved_activations": sum(r["saved"] for r in rows) / len(rows)}
+    if "cuda_peak" in rows[0]:
+        result["cuda_peak_max"] = max(r["cuda_peak"] for r in rows)
     return result
 
 
@@ -206,52 +258,68 @@ def parse(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m", help="HF dir, built-in name or split artifact")
     parser.add_argument("--method", default="full", choices=("full", "sun", "prefillshare"))
-    parser.add_argument("--p", type=float, default=0.5, help="DropBP target drop rate")
-    parser.add_argument("--lora", type=int, default=0)
+    parser.add_argument("--rate", dest="rates", type=float, action="append",
+                        help="DropBP target drop rate (repeatable; default 0.5, 0.75, 0.875)")
+    parser.add_argument("--lora", dest="loras", type=int, action="append",
+                        help="0: all weights; R: a rank-R LoRA adapter (repeatable; default 0 and 16)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--prompt-len", type=int, default=64)
     parser.add_argument("--completion-len", type=int, default=64)
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each variant")
-    parser.add_argument("--pairs", type=int, default=8, help="timed steps of each variant")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds")
+    parser.add_argument("--pairs", type=int, default=8, help="timed rounds (one step of every variant each)")
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--no-memory", action="store_true", help="skip the activation-memory measurement")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/dropbp.json"))
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.rates = args.rates or [0.5, 0.75, 0.875]
+    args.loras = args.loras if args.loras is not None else [0, 16]
+    if any(not 0 < p <= 0.9 for p in args.rates):
+        parser.error("--rate must be in (0, 0.9]")
+    return args
+
+
+def report_lines(args, run: dict) -> list[str]:
+    t = run["plain"]["timings"]
+    setting = f"LoRA r={run['lora']}" if run["lora"] else "all weights"
+    lines = [f"model {args.model}  method {args.method}  {setting}  batch {args.batch_size} x "
+             f"({args.prompt_len}+{args.completion_len}) tokens  device {run['device']}",
+             f"  plain      step {t['step_s'] * 1000:8.1f} ms  (forward {t['forward_s'] * 1000:.1f}, "
+             f"backward+update {t['backward_update_s'] * 1000:.1f})"]
+    for p, entry in run["rates"].items():
+        d = entry["timings"]
+        memory_text = ""
+        if "memory_bytes" in entry:
+            memory_text = (f"  activations x{entry['ratio_saved_activations']:.2f}, "
+                           f"peak est. x{entry['ratio_peak_estimate']:.2f}")
+        lines.append(f"  DropBP {float(p):.3f} step {d['step_s'] * 1000:8.1f} ms  ratio {entry['ratio_step']:.3f} "
+                     f"(backward+update {entry['ratio_backward_update']:.3f}; kept FLOPs "
+                     f"{entry['realised_kept_fraction_2000_draws']:.3f}){memory_text}")
+    return lines
 
 
 def main(argv=None) -> int:
+    from suntool.atomic import atomic_write_text
     from suntool.commands._ui import quiet_transformers
 
     args = parse(argv)
     quiet_transformers()
     started = time.time()
-    result = measure(args)
-    result["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    result["command"] = " ".join([Path(sys.executable).name, *sys.argv])
-    result["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg": os.getloadavg()}
-    result["wall_s"] = round(time.time() - started, 1)
-    t = result["timings"]
-    print(f"model {args.model}  method {args.method}  batch {args.batch_size} x "
-          f"({args.prompt_len}+{args.completion_len}) tokens  DropBP p={args.p}  device {result['device']}")
-    print(f"  plain   step {t['plain']['step_s'] * 1000:8.1f} ms  (forward {t['plain']['forward_s'] * 1000:.1f}, "
-          f"backward+update {t['plain']['backward_update_s'] * 1000:.1f})")
-    print(f"  DropBP  step {t['dropbp']['step_s'] * 1000:8.1f} ms  (forward {t['dropbp']['forward_s'] * 1000:.1f}, "
-          f"backward+update {t['dropbp']['backward_update_s'] * 1000:.1f})")
-    print(f"  ratio DropBP/plain: step {result['ratio_step']:.3f}, "
-          f"backward+update {result['ratio_backward_update']:.3f}"
-          f"   kept backward FLOPs {result['realised_kept_fraction_2000_draws']:.3f} (budget {1 - args.p:.2f})")
-    memory_result = result["memory_bytes"]
-    if memory_result:
-        print(f"  activations held for backward: plain {memory_result['saved_activations_plain'] / 2**20:.0f} MiB, "
-              f"DropBP {memory_result['saved_activations_dropbp_mean'] / 2**20:.0f} MiB (mean)")
-        if "cuda_peak_plain" in memory_result:
-            print(f"  CUDA peak: plain {memory_result['cuda_peak_plain'] / 2**20:.0f} MiB, "
-                  f"DropBP {memory_result['cuda_peak_dropbp_max'] / 2**20:.0f} MiB (max)")
-    print(f"  peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(f"  wrote {args.out}")
+    result = {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg_start": os.getloadavg()},
+        "runs": [],
+    }
+    for lora in args.loras:
+        run = measure(args, lora)
+        result["runs"].append(run)
+        result["machine"]["loadavg_end"] = os.getloadavg()
+        result["wall_s"] = round(time.time() - started, 1)
+        result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+        print("\n".join(report_lines(args, run)), flush=True)
+        atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+    print(f"  peak RSS of this process: {result['peak_rss_mib']:.0f} MiB\n  wrote {args.out}")
     return 0
 
 
