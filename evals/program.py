@@ -8,11 +8,11 @@ the rest are hidden. Expressions are short (list comprehensions, slices, sorted/
 Scoring (`score`): the candidate is read from the output (`extract_expression`: first code
 line, without fences, backticks, `Expression:`/`return`/`lambda xs:`/`name =` prefixes), checked
 by an AST whitelist (`check_expression`: no attributes, imports, dunder names, `**`, strings;
-calls only to the names in `SAFE_BUILTINS`), then run in a separate `python -I -S` process with
-an empty `__builtins__` plus `SAFE_BUILTINS`, CPU, memory and wall-clock limits. It scores 1.0
-iff on every test input it returns the same value as the reference expression (iterators and
-tuples compare as lists, ints equal to floats, bools only to bools). Model output is never
-evaluated in this process.
+calls only to the names in `SAFE_BUILTINS`), then run in a separate `python -I -S` process
+(`suntool.evals.sandbox`) with an empty `__builtins__` plus `SAFE_BUILTINS`, CPU, memory and
+wall-clock limits. It scores 1.0 iff on every test input it returns the same value as the
+reference expression (iterators and tuples compare as lists, ints equal to floats, bools only
+to bools). Model output is never evaluated in this process.
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ import builtins
 import json
 import random
 import re
-import subprocess
-import sys
 
 from suntool.evals.common import distinct, task_rng
+from suntool.evals.sandbox import run_python
 
 NAME = "program"
 STOP_STRINGS = ("\n\n", "\nWrite a Python")
@@ -318,20 +317,11 @@ def run_sandboxed(
     job = json.dumps(
         {"candidate": candidate, "reference": reference, "inputs": inputs, "names": SAFE_BUILTINS}
     )
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-I", "-S", "-c", _RUNNER],
-            input=job,
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-        )
-    except subprocess.TimeoutExpired:
-        return False
-    if proc.returncode != 0:
+    run = run_python(_RUNNER, job, timeout_s=timeout_s, site=False)
+    if run.timed_out or run.returncode != 0:
         return False
     try:
-        return json.loads(proc.stdout.strip().splitlines()[-1])["ok"] is True
+        return json.loads(run.stdout.strip().splitlines()[-1])["ok"] is True
     except (IndexError, ValueError, KeyError, TypeError):
         return False
 
