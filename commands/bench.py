@@ -20,8 +20,14 @@ def bench_command(
     targets: list[str] = typer.Argument(..., help="A server URL, or with --local the artifacts to serve."),
     local: bool = typer.Option(False, "--local", help="Start `suntool serve --local TARGETS...` and bench it."),
     rate: list[str] = typer.Option(["4"], "--rate", help="Poisson request rate per second, or inf (repeatable)."),
-    num_requests: int = typer.Option(100, "--num-requests", "-n", min=1, help="Requests per rate."),
-    workload: str = typer.Option("zipf:1.0", "--workload", help="Model popularity: zipf:ALPHA or uniform."),
+    num_requests: int = typer.Option(
+        100, "--num-requests", "-n", min=1, help="Requests per rate (agents:K: shared contexts, K requests each)."
+    ),
+    workload: str = typer.Option(
+        "zipf:1.0", "--workload",
+        help="zipf:ALPHA or uniform (model popularity), or agents:K[:pipeline|parallel]: each shared context "
+        "(--input-len words) goes to K models in turn or at once.",
+    ),
     dataset: str = typer.Option(
         "tasks", "--dataset", help="tasks (synthetic task prompts, one task per model) or random (--input-len words)."
     ),
@@ -67,7 +73,9 @@ def bench_command(
         console.print(
             f"shared / dedicated at {ratio['rate']:g} req/s: output tokens/s x{ratio['output_token_throughput']:.2f} "
             f"· goodput x{ratio['goodput']:.2f} · TPOT p50 x{ratio['tpot_p50']:.2f} "
-            f"· TTFT p50 x{ratio['ttft_p50']:.2f}",
+            f"· TTFT p50 x{ratio['ttft_p50']:.2f} · e2e p95 x{ratio['e2e_p95']:.2f}"
+            + (f" · sessions/s x{ratio['session_throughput']:.2f} · session latency p95 "
+               f"x{ratio['session_latency_p95']:.2f}" if "session_throughput" in ratio else ""),
             markup=False,
         )
     console.print(f"wrote {result['json']} and {result['png']}", markup=False)

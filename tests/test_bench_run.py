@@ -10,8 +10,9 @@ from suntool.bench.report import SLO
 from suntool.bench.runner import BenchConfig, run_bench
 from suntool.bench.workload import WorkloadSpec
 from suntool.cli import main
+from suntool.errors import SuntoolError
 from suntool.serve.app import BackgroundServer
-from suntool.serve.engine import Engine
+from suntool.serve.engine import Engine, EngineConfig
 from tests.test_serve_engine import make_task_artifacts
 
 
@@ -53,6 +54,87 @@ def test_bench_local_compare_prints_the_ratio(artifacts, tmp_path, capsys):
     assert [run["config"] for run in report["runs"]] == ["shared", "dedicated"]
     assert all(run["completed"] == 9 for run in report["runs"])
     assert report["compare"][0]["output_token_throughput"] > 0
+
+
+@pytest.fixture(scope="module")
+def prefillshare_artifacts(tiny_checkpoints, tmp_path_factory):
+    return make_task_artifacts(tiny_checkpoints["llama"], tmp_path_factory.mktemp("agents"), ["p1", "p2", "p3"],
+                               mode="prefillshare")
+
+
+def agents_bench(artifacts, out, *, share: bool, workload: str = "agents:3") -> dict:
+    engine = Engine.from_artifacts(artifacts, config=EngineConfig(share=share, block_size=4))
+    try:
+        with BackgroundServer(engine) as server:
+            config = BenchConfig(url=server.url, rates=(float("inf"),), num_requests=2, out=out, warmup=0,
+                                 workload=WorkloadSpec.parse(workload, dataset="random", input_len=40, output_len=4))
+            run_bench(config)
+    finally:
+        engine.close()
+    return json.loads((out / "bench.json").read_text())["runs"][0]
+
+
+def test_agents_pipeline_reads_cross_model_prefix_hits_from_metrics(prefillshare_artifacts, tmp_path):
+    shared = agents_bench(prefillshare_artifacts, tmp_path / "shared", share=True)
+    assert shared["requests"] == 6 and shared["completed"] == 6
+    assert shared["sessions"]["count"] == 2 and shared["sessions"]["completed"] == 2
+    assert shared["sessions"]["latency"]["p95"] >= shared["e2e"]["p95"] > 0
+    # agents 2 and 3 of each context run on other models; PrefillShare's one prefill half lets them reuse the
+    # whole previous prompt (40+ tokens, block size 4) from the prefix cache
+    assert shared["prefix_cache_hit_tokens"] >= 2 * 2 * 36
+    dedicated = agents_bench(prefillshare_artifacts, tmp_path / "dedicated", share=False)
+    assert dedicated["completed"] == 6
+    assert dedicated["prefix_cache_hit_tokens"] < shared["prefix_cache_hit_tokens"]  # no reuse across models
+
+
+def test_pipeline_prompts_grow_by_each_answer_and_stop_after_a_failure(prefillshare_artifacts):
+    from suntool.bench.client import run_load
+    from suntool.bench.workload import PlannedRequest, plan_requests
+
+    spec = WorkloadSpec.parse("agents:3", dataset="random", input_len=30, output_len=5)
+    planned = plan_requests(spec, ["p1", "p2", "p3"], 1, float("inf"))
+    broken = [PlannedRequest(at=0.0, model="missing", prompt="hello there", max_tokens=3, session=7),
+              PlannedRequest(at=0.0, model="p1", prompt=" and", max_tokens=3, session=7, after=0)]
+    engine = Engine.from_artifacts(prefillshare_artifacts)
+    try:
+        with BackgroundServer(engine) as server:
+            _, records = run_load(server.url, planned + [replace_after(r, len(planned)) for r in broken])
+    finally:
+        engine.close()
+    first, second, third, missing, skipped = records
+    assert all(r.ok and r.output_tokens == 5 for r in (first, second, third))
+    for before, after in ((first, second), (second, third)):  # prompt = previous prompt + its answer + header
+        assert after.prompt_tokens >= before.prompt_tokens + before.output_tokens
+        assert after.sent >= before.end
+    assert missing.error.startswith("HTTP 404") or missing.error.startswith("HTTP 400")
+    assert skipped.error == "not sent: agent request 3 failed" and skipped.session == 7
+
+
+def replace_after(request, offset: int):
+    from dataclasses import replace
+
+    return replace(request, after=None if request.after is None else request.after + offset)
+
+
+def test_one_server_per_model_routes_each_model_and_checks_it_is_served(artifacts, tmp_path):
+    engine = Engine.from_artifacts(artifacts)
+    try:
+        with BackgroundServer(engine) as server:
+            routes = (("t2", server.url), ("t1", server.url + "/"))
+            config = BenchConfig(model_urls=routes, rates=(float("inf"),), num_requests=4, out=tmp_path,
+                                 workload=WorkloadSpec.parse("uniform", dataset="random", input_len=6, output_len=3))
+            result = run_bench(config)
+            with pytest.raises(SuntoolError, match="does not serve model 'nope'"):
+                run_bench(BenchConfig(model_urls=(("nope", server.url),), rates=(1.0,), num_requests=1,
+                                      out=tmp_path / "x"))
+            with pytest.raises(SuntoolError, match="no server URL given for model"):
+                run_bench(BenchConfig(model_urls=routes, models=("t1", "t3"), out=tmp_path / "y"))
+    finally:
+        engine.close()
+    run = json.loads(result["json"].read_text())["runs"][0]
+    assert run["config"] == "servers" and run["completed"] == 4
+    assert set(run["per_model"]) == {"t1", "t2"}  # the models come from the routes, in their order
+    assert run["prefix_cache_hit_tokens"] is not None  # one server behind both names: counted once
 
 
 @pytest.mark.parametrize(

@@ -102,3 +102,119 @@ def test_compare_ratios():
     assert ratios["tpot_p50"] == pytest.approx(0.5) and ratios["ttft_p50"] == pytest.approx(0.5)
     nothing = summarize([record("a", 0.0, 5.0, 9.0, 10)], 0.0, SLO(ttft=1.0), config="dedicated", rate=2.0)
     assert compare_ratios(fast, nothing)["goodput"] == math.inf  # the baseline met no SLO
+
+
+@pytest.mark.parametrize(
+    ("text", "agents", "mode"),
+    [("agents:4", 4, "pipeline"), ("agents:2:pipeline", 2, "pipeline"), ("agents:3:parallel", 3, "parallel")],
+)
+def test_agents_workload_parsing(text, agents, mode):
+    spec = WorkloadSpec.parse(text, dataset="random", input_len=20)
+    assert (spec.popularity, spec.agents, spec.agent_mode, spec.input_len) == ("agents", agents, mode, 20)
+    assert spec.describe().startswith(f"agents:{agents}:{mode}, 20-word shared contexts")
+
+
+@pytest.mark.parametrize(
+    ("bad", "needle"),
+    [("agents", "K >= 1"), ("agents:0", "K >= 1"), ("agents:x", "K >= 1"), ("agents:-2", "K >= 1"),
+     ("agents:2.5", "K >= 1"), ("agents:2:both", "pipeline (in turn) or parallel"), ("agent:2", "agents:K")],
+)
+def test_agents_workload_errors_name_the_fix(bad, needle):
+    with pytest.raises(SuntoolError, match="--workload") as info:
+        WorkloadSpec.parse(bad)
+    assert needle in str(info.value)
+
+
+def test_agents_pipeline_plan_chains_each_context_through_k_models():
+    from suntool.bench.workload import AGENT_HEADER
+
+    spec = WorkloadSpec.parse("agents:3", dataset="random", input_len=40, output_len=6, seed=5)
+    planned = plan_requests(spec, ["a", "b", "c", "d"], 5, rate=2.0)  # -n counts shared contexts
+    assert len(planned) == 15
+    arrivals = []
+    for session in range(5):
+        first, second, third = planned[3 * session: 3 * session + 3]
+        assert [r.session for r in (first, second, third)] == [session] * 3
+        assert [r.model for r in (first, second, third)] == ["a", "b", "c"]  # agent k -> models[k]
+        assert first.after is None and second.after == 3 * session and third.after == 3 * session + 1
+        assert first.prompt.endswith(AGENT_HEADER.format(number=1))
+        assert len(first.prompt.split()) == 40 + 3  # the context, then "### Agent 1"
+        assert second.prompt == AGENT_HEADER.format(number=2) and third.prompt == AGENT_HEADER.format(number=3)
+        assert first.at == second.at == third.at and {r.max_tokens for r in (first, second, third)} == {6}
+        arrivals.append(first.at)
+    assert arrivals == sorted(arrivals) and arrivals[0] > 0  # Poisson arrivals of contexts
+    assert len({planned[3 * s].prompt for s in range(5)}) == 5  # a new context per session
+    assert plan_requests(spec, ["a", "b", "c", "d"], 5, rate=2.0) == planned  # reproducible
+
+
+def test_agents_parallel_plan_sends_one_context_to_k_models_at_once():
+    spec = WorkloadSpec.parse("agents:4:parallel", dataset="random", input_len=12, seed=1)
+    planned = plan_requests(spec, ["a", "b"], 2, rate=math.inf)
+    assert len(planned) == 8 and all(r.after is None and r.at == 0.0 for r in planned)
+    assert [r.model for r in planned[:4]] == ["a", "b", "a", "b"]  # K > models: the models repeat in order
+    for session in range(2):
+        group = planned[4 * session: 4 * session + 4]
+        context = group[0].prompt.rsplit("\n\n### Agent 1", 1)[0]
+        assert all(r.prompt == f"{context}\n\n### Agent {k + 1}\n" for k, r in enumerate(group))
+        assert {r.session for r in group} == {session} and {r.max_tokens for r in group} == {32}
+
+
+def test_agents_contexts_from_the_synthetic_tasks():
+    spec = WorkloadSpec.parse("agents:2", dataset="tasks", input_len=150, output_len=4)
+    planned = plan_requests(spec, ["a", "b"], 3, rate=1.0)
+    firsts = [r for r in planned if r.after is None]
+    assert len(firsts) == 3
+    for request in firsts:
+        assert len(request.prompt.split()) == 150 + 3
+    assert "Question:" in " ".join(r.prompt for r in firsts) or "def " in " ".join(r.prompt for r in firsts)
+
+
+def test_sessions_summary_and_ratios():
+    def rec(session, sent, end, tokens=5):
+        base = record("a", sent, sent + 0.1, end, tokens)
+        base.session = session
+        return base
+
+    records = [rec(0, 0.0, 1.0), rec(0, 1.0, 3.0), rec(1, 0.5, 1.5), rec(1, 1.5, 2.0),
+               rec(2, 1.0, 2.0), rec(2, 2.0, None, 0)]
+    records[-1].error = "HTTP 500: boom"
+    summary = summarize(records, start=0.0, slo=SLO(), config="shared", rate=1.0)
+    assert summary.sessions["count"] == 3 and summary.sessions["completed"] == 2  # session 2 lost an agent
+    assert summary.sessions["latency"]["p50"] == pytest.approx(2.25)  # (3.0 + 1.5) / 2
+    assert summary.sessions["throughput"] == pytest.approx(2 / 3.0)
+    assert summary.e2e["p95"] >= summary.e2e["p90"]
+    slower = summarize([rec(0, 0.0, 4.0), rec(0, 4.0, 9.0)], 0.0, SLO(), config="dedicated", rate=1.0)
+    ratios = compare_ratios(summary, slower)
+    assert ratios["session_latency_p95"] == pytest.approx(summary.sessions["latency"]["p95"] / 9.0)
+    assert ratios["session_throughput"] == pytest.approx((2 / 3.0) / (1 / 9.0))
+    plain = summarize([record("a", 0.0, 0.1, 1.0, 10)], 0.0, SLO(), config="shared", rate=1.0)
+    assert plain.sessions is None and "session_throughput" not in compare_ratios(plain, plain)
+
+
+METRICS = """# HELP suntool_prefix_cache_hit_tokens_total Prompt tokens served from the prefix cache.
+# TYPE suntool_prefix_cache_hit_tokens_total gauge
+suntool_prefix_cache_hit_tokens_total 448.0
+suntool_generation_tokens_total{model="a"} 10.0
+suntool_generation_tokens_total{model="b c}"} 5.0
+suntool_requests_total{model="a",finish_reason="length"} 3 1700000000000
+vllm:prefix_cache_hits_total{engine="0",model_name="m"} 1.6e+02
+vllm:prefix_cache_hits_total{engine="1",model_name="m"} 40
+bogus line without a value
+weird_value NaN
+"""
+
+
+def test_prometheus_parsing_and_prefix_cache_hits():
+    from suntool.bench.metrics import counter_delta, parse_prometheus, prefix_cache_hit_tokens
+
+    metrics = parse_prometheus(METRICS)
+    assert metrics["suntool_prefix_cache_hit_tokens_total"] == 448.0
+    assert metrics["suntool_generation_tokens_total"] == 15.0  # summed over label sets, quoted "}" included
+    assert metrics["suntool_requests_total"] == 3.0  # a timestamp is not the value
+    assert metrics["vllm:prefix_cache_hits_total"] == 200.0
+    assert "bogus" not in metrics and math.isnan(metrics["weird_value"])
+    assert prefix_cache_hit_tokens(metrics) == 448.0  # suntool's name first
+    assert prefix_cache_hit_tokens({"vllm:prefix_cache_hits_total": 7.0}) == 7.0
+    assert prefix_cache_hit_tokens({"other": 1.0}) is None and prefix_cache_hit_tokens(None) is None
+    assert counter_delta(100.0, 548.0) == 448.0
+    assert counter_delta(None, 5.0) is None and counter_delta(1.0, math.nan) is None

@@ -1,10 +1,13 @@
 """Turning request records into numbers, a JSON report and a PNG.
 
 `summarize(records, start, slo)` gives one run's `RunSummary`: TTFT, TPOT, ITL and
-end-to-end latency percentiles (p50/p90/p99, seconds), request and output-token
+end-to-end latency percentiles (p50/p90/p95/p99, seconds), request and output-token
 throughput over the run's wall time (first send to last finish), and goodput: requests
 per second that finished and met every given SLO (`ttft` and/or `tpot`, seconds; with no
-SLO, every finished request counts). `write_report` writes `bench.json` and `bench.png`
+SLO, every finished request counts). Records of an agents workload (with a `session`)
+also give `sessions`: a session's latency is its first send to its last agent's end, its
+throughput completed sessions (every agent answered) per second. `prefix_cache_hit_tokens`
+is filled in by the runner from the server's /metrics. `write_report` writes `bench.json` and `bench.png`
 (throughput, TTFT, TPOT and goodput against the request rate, one line per
 configuration); `compare_ratios` is what `--compare` prints: shared over dedicated.
 """
@@ -16,7 +19,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-PERCENTILES = (50, 90, 99)
+PERCENTILES = (50, 90, 95, 99)
 
 
 @dataclass(frozen=True)
@@ -49,10 +52,12 @@ class RunSummary:
     e2e: dict
     per_model: dict  # model -> {"requests", "completed", "tpot_p50"}
     errors: tuple[str, ...] = ()
+    sessions: dict | None = None  # agents workloads: {"count", "completed", "throughput", "latency"}
+    prefix_cache_hit_tokens: float | None = None  # the server's counter over this run (None: not exported)
 
 
 def percentiles(values: list[float]) -> dict:
-    """{"p50", "p90", "p99", "mean"} by linear interpolation; NaN when there is nothing to measure."""
+    """{"p50", "p90", "p95", "p99", "mean"} by linear interpolation; NaN when there is nothing to measure."""
     if not values:
         return {**{f"p{p}": math.nan for p in PERCENTILES}, "mean": math.nan}
     ordered = sorted(values)
@@ -87,7 +92,22 @@ def summarize(records, start: float, slo: SLO, *, config: str, rate: float) -> R
         e2e=percentiles([r.e2e for r in done]),
         per_model=per_model,
         errors=tuple(sorted({r.error for r in records if r.error})[:5]),
+        sessions=_sessions(records, duration),
     )
+
+
+def _sessions(records, duration: float) -> dict | None:
+    """Per shared context (agents workloads): latency from its first send to its last end; None without sessions."""
+    groups: dict[int, list] = {}
+    for record in records:
+        if getattr(record, "session", None) is not None:
+            groups.setdefault(record.session, []).append(record)
+    if not groups:
+        return None
+    complete = [group for group in groups.values() if all(r.ok for r in group)]
+    latencies = [max(r.end for r in group) - min(r.sent for r in group) for group in complete]
+    return {"count": len(groups), "completed": len(complete),
+            "throughput": len(complete) / duration if complete else 0.0, "latency": percentiles(latencies)}
 
 
 def compare_ratios(shared: RunSummary, dedicated: RunSummary) -> dict:
@@ -100,15 +120,20 @@ def compare_ratios(shared: RunSummary, dedicated: RunSummary) -> dict:
             return math.inf if a > 0 else math.nan
         return a / b
 
-    return {
+    ratios = {
         "rate": shared.rate,
         "output_token_throughput": ratio(shared.output_token_throughput, dedicated.output_token_throughput),
         "request_throughput": ratio(shared.request_throughput, dedicated.request_throughput),
         "goodput": ratio(shared.goodput, dedicated.goodput),
         "tpot_p50": ratio(shared.tpot["p50"], dedicated.tpot["p50"]),
         "ttft_p50": ratio(shared.ttft["p50"], dedicated.ttft["p50"]),
+        "e2e_p95": ratio(shared.e2e["p95"], dedicated.e2e["p95"]),
         "e2e_p99": ratio(shared.e2e["p99"], dedicated.e2e["p99"]),
     }
+    if shared.sessions and dedicated.sessions:
+        ratios["session_throughput"] = ratio(shared.sessions["throughput"], dedicated.sessions["throughput"])
+        ratios["session_latency_p95"] = ratio(shared.sessions["latency"]["p95"], dedicated.sessions["latency"]["p95"])
+    return ratios
 
 
 def _clean(value):
@@ -177,10 +202,17 @@ def plot(runs: list[RunSummary], path: Path, *, title: str) -> None:
 
 def format_run(run: RunSummary) -> str:
     ms = 1000.0
-    return (
+    line = (
         f"{run.config:>9} rate {run.rate:g}/s: {run.completed}/{run.requests} ok in {run.duration_s:.1f}s · "
         f"{run.output_token_throughput:.1f} tok/s · {run.request_throughput:.2f} req/s · goodput {run.goodput:.2f} · "
         f"TTFT p50 {run.ttft['p50'] * ms:.0f} p99 {run.ttft['p99'] * ms:.0f} ms · "
         f"TPOT p50 {run.tpot['p50'] * ms:.1f} p99 {run.tpot['p99'] * ms:.1f} ms · "
-        f"ITL p50 {run.itl['p50'] * ms:.1f} ms · e2e p99 {run.e2e['p99']:.2f} s"
+        f"ITL p50 {run.itl['p50'] * ms:.1f} ms · e2e p95 {run.e2e['p95']:.2f} p99 {run.e2e['p99']:.2f} s"
     )
+    if run.sessions:
+        line += (f" · sessions {run.sessions['completed']}/{run.sessions['count']} "
+                 f"{run.sessions['throughput']:.2f}/s, latency p50 {run.sessions['latency']['p50']:.2f} "
+                 f"p95 {run.sessions['latency']['p95']:.2f} s")
+    if run.prefix_cache_hit_tokens is not None:
+        line += f" · prefix-cache hit tokens {run.prefix_cache_hit_tokens:.0f}"
+    return line

@@ -13,6 +13,20 @@ seconds, model, prompt, max_tokens), reproducible from `spec.seed`:
   `dataset="random"` builds prompts of about `input_len` tokens from common words.
   `output_len`, when given, fixes `max_tokens` for every request. Requests are sent with
   `ignore_eos`, so each generates exactly `max_tokens` tokens.
+
+Multi-agent workloads (`agents:K`, `agents:K:pipeline`, `agents:K:parallel`): `count` is
+the number of **shared contexts** (sessions), arriving as a Poisson process of `rate`
+contexts/s; each goes to K agents, agent k served by model `models[k % len(models)]`, and
+makes K requests (all in one session, `PlannedRequest.session`). The context is a long
+prompt: about `input_len` words of synthetic task prompts (`dataset="tasks"`) or of
+common words (`"random"`). `max_tokens` is `output_len` (default 32).
+
+- `pipeline` (the default): the agents answer in turn. Agent 1's prompt is the context and
+  the header `AGENT_HEADER`; agent k+1 has `after` = the plan index of agent k and a prompt
+  that is only its header: the client sends it when agent k's answer ends, as agent k's
+  prompt + agent k's answer + this header. Every later prompt therefore starts with the
+  whole previous prompt (a prefix-cache hit for a server that shares prefill across models).
+- `parallel`: all K agents get the context + their header at the session's arrival time.
 """
 
 from __future__ import annotations
@@ -34,18 +48,41 @@ WORDS = (
 )
 
 
+AGENT_MODES = ("pipeline", "parallel")
+AGENT_OUTPUT_LEN = 32  # max_tokens of an agent's answer without output_len
+AGENT_HEADER = "\n\n### Agent {number}\n"  # what each agent's own part of its prompt starts with
+WORKLOAD_FORMS = "zipf:ALPHA, uniform or agents:K[:pipeline|parallel]"
+
+
+def _parse_agents(workload: str, arg: str) -> tuple[int, str]:
+    count, _, mode = arg.partition(":")
+    try:
+        agents = int(count)
+    except ValueError:
+        agents = 0
+    if agents < 1:
+        raise SuntoolError(f"--workload agents:K needs a whole number of agents K >= 1, got {workload!r}")
+    mode = mode or "pipeline"
+    if mode not in AGENT_MODES:
+        raise SuntoolError(f"--workload agents:K:MODE: MODE must be pipeline (in turn) or parallel (at once), "
+                           f"got {workload!r}")
+    return agents, mode
+
+
 @dataclass(frozen=True)
 class WorkloadSpec:
-    popularity: str = "zipf"  # "zipf" | "uniform"
+    popularity: str = "zipf"  # "zipf" | "uniform" | "agents"
     alpha: float = 1.0
     dataset: str = "tasks"  # "tasks" | "random"
-    input_len: int = 128  # dataset="random"
+    input_len: int = 128  # dataset="random"; agents: the shared context's length in words
     output_len: int | None = None  # None: from the task's completions (dataset="tasks") or 64 (random)
     seed: int = 0
+    agents: int = 0  # popularity="agents": K task models per shared context
+    agent_mode: str = "pipeline"  # "pipeline" (in turn) | "parallel" (at once)
 
     @classmethod
     def parse(cls, workload: str, **kwargs) -> WorkloadSpec:
-        """`zipf:1.0`, `zipf` (alpha 1) or `uniform`."""
+        """`zipf:1.0`, `zipf` (alpha 1), `uniform`, `agents:K`, `agents:K:pipeline` or `agents:K:parallel`."""
         name, _, arg = workload.partition(":")
         if name == "uniform" and not arg:
             return cls(popularity="uniform", **kwargs)
@@ -57,7 +94,10 @@ class WorkloadSpec:
             if alpha < 0 or math.isnan(alpha):
                 raise SuntoolError(f"--workload zipf:ALPHA needs a number ALPHA >= 0, got {workload!r}")
             return cls(popularity="zipf", alpha=alpha, **kwargs)
-        raise SuntoolError(f"--workload must be zipf:ALPHA or uniform, got {workload!r}")
+        if name == "agents":
+            agents, mode = _parse_agents(workload, arg)
+            return cls(popularity="agents", agents=agents, agent_mode=mode, **kwargs)
+        raise SuntoolError(f"--workload must be {WORKLOAD_FORMS}, got {workload!r}")
 
     def weights(self, count: int) -> list[float]:
         if self.popularity == "uniform":
@@ -68,6 +108,10 @@ class WorkloadSpec:
         return [w / total for w in raw]
 
     def describe(self) -> str:
+        if self.popularity == "agents":
+            source = "task prompts" if self.dataset == "tasks" else "random words"
+            return (f"agents:{self.agents}:{self.agent_mode}, {self.input_len}-word shared contexts of {source}, "
+                    f"{self.output_len or AGENT_OUTPUT_LEN} output tokens per agent")
         popularity = "uniform" if self.popularity == "uniform" else f"zipf:{self.alpha:g}"
         lengths = f"random {self.input_len}-token prompts" if self.dataset == "random" else "synthetic task prompts"
         output = f", {self.output_len} output tokens" if self.output_len else ""
@@ -76,10 +120,12 @@ class WorkloadSpec:
 
 @dataclass(frozen=True)
 class PlannedRequest:
-    at: float  # seconds after the start
+    at: float  # seconds after the start (with `after`: the session's arrival; sent when `after` ends)
     model: str
-    prompt: str
+    prompt: str  # with `after`: what follows the prompt and answer of request `after`
     max_tokens: int
+    session: int | None = None  # the shared context this request belongs to (agents workloads)
+    after: int | None = None  # plan index of the request whose end sends this one (pipeline)
 
 
 def _task_prompts(index: int, count: int, seed: int) -> list[tuple[str, int]]:
@@ -107,6 +153,8 @@ def plan_requests(spec: WorkloadSpec, models: list[str], count: int, rate: float
         raise SuntoolError(f"--num-requests must be at least 1, got {count}")
     if not rate > 0:
         raise SuntoolError(f"--rate must be positive (or inf), got {rate}")
+    if spec.popularity == "agents":
+        return plan_agent_sessions(spec, models, count, rate)
     rng = random.Random(spec.seed)
     choice = rng.choices(range(len(models)), weights=spec.weights(len(models)), k=count)
     dataset = spec.dataset
@@ -130,4 +178,43 @@ def plan_requests(spec: WorkloadSpec, models: list[str], count: int, rate: float
         used[index] += 1
         planned.append(PlannedRequest(at=0.0 if math.isinf(rate) else t, model=models[index], prompt=prompt,
                                       max_tokens=spec.output_len or default_len))
+    return planned
+
+
+def _context(spec: WorkloadSpec, session: int, rng: random.Random) -> str:
+    """A long shared prompt of about `spec.input_len` words: task prompts joined, or common words."""
+    if spec.dataset == "tasks" and tasks_available():
+        from suntool.evals.tasks import TASKS
+
+        tasks = list(TASKS.values())
+        parts, words, number = [], 0, 0
+        while words < spec.input_len:
+            record = tasks[(session + number) % len(tasks)].generate(1, spec.seed * 100_003 + session * 101 + number)[0]
+            parts.append(record["prompt"] + record["completion"])
+            words += len(parts[-1].split())
+            number += 1
+        return " ".join(" ".join(parts).split()[: spec.input_len])
+    return " ".join(rng.choice(WORDS) for _ in range(spec.input_len))
+
+
+def plan_agent_sessions(spec: WorkloadSpec, models: list[str], sessions: int, rate: float) -> list[PlannedRequest]:
+    """`sessions` shared contexts arriving at `rate`/s, each sent to `spec.agents` agents (see the module doc)."""
+    if spec.agent_mode not in AGENT_MODES:
+        raise SuntoolError(f"agent mode must be pipeline or parallel, got {spec.agent_mode!r}")
+    if spec.input_len < 1:
+        raise SuntoolError(f"--input-len (the shared context's length) must be at least 1, got {spec.input_len}")
+    rng = random.Random(spec.seed)
+    max_tokens = spec.output_len or AGENT_OUTPUT_LEN
+    t, planned = 0.0, []
+    for session in range(sessions):
+        if not math.isinf(rate):
+            t += rng.expovariate(rate)
+        at = 0.0 if math.isinf(rate) else t
+        context = _context(spec, session, rng)
+        for agent in range(spec.agents):
+            header = AGENT_HEADER.format(number=agent + 1)
+            chained = spec.agent_mode == "pipeline" and agent > 0
+            planned.append(PlannedRequest(
+                at=at, model=models[agent % len(models)], prompt=header if chained else context + header,
+                max_tokens=max_tokens, session=session, after=len(planned) - 1 if chained else None))
     return planned

