@@ -1,4 +1,8 @@
-"""`suntool eval ART... --tasks T1,T2`: lm-eval on split artifacts, one comparison table."""
+"""`suntool eval ART... --tasks T1,T2`: lm-eval on split artifacts, one comparison table.
+
+When stdout is not a terminal, progress is plain lines at a steady interval: requests done/total of
+the current lm-eval call (loglikelihood or generate_until), tokens/s, ETA (`_ui.RequestProgress`).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from suntool.commands._ui import console, print_wide, step_progress
+from suntool.commands._ui import RequestProgress, console, plain_progress, print_wide, step_progress
 
 
 def eval_command(
@@ -35,7 +39,7 @@ def eval_command(
         include_path=include_path, allow_mismatch=allow_mismatch,
     )
     with step_progress("evaluating") as say:
-        report = run_eval(config, progress=say)
+        report = run_eval(config, progress=say, on_requests=RequestProgress("eval") if plain_progress() else None)
     table = Table(show_header=True, header_style="bold")
     table.add_column("artifact", no_wrap=True)
     for column in report.columns:

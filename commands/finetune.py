@@ -3,7 +3,8 @@
 Maps flags onto `suntool.train.FinetuneConfig` (flags given on the command line override
 the `--config` YAML; flags left out keep the YAML's or the default value), calls
 `suntool.train.finetune`, and draws its progress events as a rich progress bar (loss,
-tokens/s, ETA). Runs the same under `torchrun --nproc-per-node N -m suntool finetune ...`
+tokens/s, ETA) — or, when stdout is not a terminal, as plain lines at a steady interval
+(`suntool.commands._ui.ProgressLines`). Runs the same under `torchrun --nproc-per-node N -m suntool finetune ...`
 (only rank 0 draws and writes).
 """
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-from suntool.commands._ui import console, err_console, quiet_transformers
+from suntool.commands._ui import ProgressLines, console, err_console, plain_progress, quiet_transformers
 
 
 def finetune_command(
@@ -86,15 +87,19 @@ def finetune_command(
 
 
 class _TrainingProgress:
-    """A rich progress bar fed by `TrainEvent`s: step, loss, tokens/s, elapsed and ETA.
+    """Draws `TrainEvent`s: a rich progress bar (step, loss, tokens/s, elapsed, ETA) on a terminal,
+    plain lines at a steady interval otherwise (`ProgressLines`).
 
     The bar appears when training starts; messages before that (data, loading) print as lines.
     """
 
-    def __init__(self, total: int):
+    def __init__(self, total: int, plain: bool | None = None):
         self.total = total
+        self.plain = plain_progress() if plain is None else plain
+        self.lines = ProgressLines("finetune", total) if self.plain else None
         self.progress = None
         self.task = None
+        self.stepped = False
 
     def __enter__(self) -> _TrainingProgress:
         return self
@@ -123,18 +128,29 @@ class _TrainingProgress:
         self.task = self.progress.add_task("finetune", total=self.total, completed=step, loss="–", tps="–")
 
     def say(self, message: str) -> None:
+        if self.lines is not None:
+            self.lines.note(message)
+            return
         (self.progress.console if self.progress is not None else err_console).print(f"[dim]·[/] {message}")
 
     def on_event(self, event) -> None:
         if event.kind == "start":
-            self._start(event.step)
+            if self.lines is not None:
+                self.lines.update(event.step, total=event.total_steps, force=True)
+            else:
+                self._start(event.step)
             if event.message:
                 self.say(event.message)
         elif event.kind == "message":
             self.say(event.message)
-        elif event.kind == "step" and self.progress is not None:
-            self.progress.update(self.task, completed=event.step, loss=f"{event.loss:.4f}",
-                                 tps=f"{event.tokens_per_s:,.0f}")
+        elif event.kind == "step":
+            if self.lines is not None:  # the first step always prints: its loss and rate, early
+                self.lines.update(event.step, total=event.total_steps, loss=event.loss,
+                                  tokens_per_s=event.tokens_per_s, force=not self.stepped)
+                self.stepped = True
+            elif self.progress is not None:
+                self.progress.update(self.task, completed=event.step, loss=f"{event.loss:.4f}",
+                                     tps=f"{event.tokens_per_s:,.0f}")
         elif event.kind == "eval":
             self.say(f"step {event.step}: eval loss {event.eval_loss:.4f}")
         elif event.kind in ("checkpoint", "calibrate"):

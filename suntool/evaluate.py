@@ -168,8 +168,12 @@ def artifact_labels(specs: list[str] | tuple[str, ...]) -> list[str]:
     return unique
 
 
-def run_eval(config: EvalConfig, progress: Progress | None = None) -> EvalReport:
-    """Evaluate every artifact of `config` on its tasks; see the module docstring."""
+def run_eval(config: EvalConfig, progress: Progress | None = None, on_requests=None) -> EvalReport:
+    """Evaluate every artifact of `config` on its tasks; see the module docstring.
+
+    `on_requests(kind, done, total, tokens)`, if given, is called after every batch of requests
+    (`suntool.lmeval.SuntoolLM.on_requests`).
+    """
     from suntool.artifact import open_artifact
 
     say = progress or (lambda _msg: None)
@@ -192,6 +196,7 @@ def run_eval(config: EvalConfig, progress: Progress | None = None) -> EvalReport
         model = SuntoolLM(
             artifact=spec, dtype=config.dtype, batch_size=config.batch_size, allow_mismatch=config.allow_mismatch
         )
+        model.on_requests = on_requests
         try:
             results = lm_eval.simple_evaluate(
                 model=model,

@@ -12,6 +12,10 @@ model calls are replaced:
 
 Model args (`--model_args`): `artifact=PATH` (an artifact dir, a plain HF checkpoint or a
 built-in name), `dtype`, `batch_size`, `max_length`, `allow_mismatch`, `device`.
+
+Progress: set `on_requests(kind, done, total, tokens)` on the model (kind "loglikelihood" or
+"generate_until"); it is called after every batch with the requests done so far in the current call
+and the tokens that batch processed (`suntool eval` draws plain progress lines from it).
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ def _as_bool(value) -> bool:
 
 class SuntoolLM(HFLM):
     """lm-eval model over a suntool artifact (prefill half → K/V → decode half)."""
+
+    on_requests = None  # optional progress callback (kind, done, total, tokens); see the module docstring
+    _generated = (0, 0)  # (done, total) of the current generate_until call
 
     def __init__(
         self,
@@ -117,7 +124,14 @@ class SuntoolLM(HFLM):
                 cache_key = requests[index][0]
                 if cache_key is not None:
                     self.cache_hook.add_partial("loglikelihood", cache_key, (total, greedy))
+            if self.on_requests is not None:
+                tokens = sum(len(c) for c in contexts) + sum(len(c) for c in continuations)
+                self.on_requests("loglikelihood", start + len(chunk), len(order), tokens)
         return results
+
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        self._generated = (0, len(requests))
+        return super().generate_until(requests, disable_tqdm=disable_tqdm)
 
     def _model_generate(self, context, max_length: int, stop: list[str], **generation_kwargs):
         """Generate through prefill → decode; returns context + new tokens like `model.generate`."""
@@ -148,6 +162,10 @@ class SuntoolLM(HFLM):
             ids = [row[mask.bool()].tolist() for row, mask in zip(context, attention_mask, strict=True)]
             handoff = self._prefill(ids)
             result = decode(self.artifact.decode_model, handoff, config, pad_token_id=pad, stop_check=stop_check)
+        if self.on_requests is not None:
+            done, total = self._generated
+            self._generated = (done + len(result.tokens), total)
+            self.on_requests("generate_until", self._generated[0], total, sum(len(t) for t in result.tokens))
         width = max((len(t) for t in result.tokens), default=0)
         new = torch.tensor([t + [pad] * (width - len(t)) for t in result.tokens], device=context.device)
         return torch.cat([context, new.to(context.dtype)], dim=1)

@@ -2,7 +2,9 @@
 
 `quantize_artifact(QuantizeArtifactConfig(...))` opens an artifact, loads its decode half in
 fp32, quantizes the decoder layers' linears (GPTQ with calibration data, or round-to-nearest;
-embeddings and lm_head stay in full precision) with `suntool.quant`, saves the result as a
+embeddings and lm_head stay in full precision unless `quantize_lm_head`, which quantizes the
+lm_head too — untying it from the input embedding where they are tied, the embedding staying in
+full precision) with `suntool.quant`, saves the result as a
 GPTQ checkpoint (`quantization_config.quant_method = "gptq"`, v1 packing) plus the tokenizer,
 stores it under its own fingerprint and links it into the artifact in place of the old
 decode half. The artifact is rewritten atomically (in place, or into `out`); the task half
@@ -44,6 +46,7 @@ class QuantizeArtifactConfig:
     calib_seq_len: int = 256
     force: bool = False  # allow quantizing a task half
     seed: int = 0
+    quantize_lm_head: bool = False  # the lm_head too (untied from the embedding in the decode half if tied)
 
     def validate(self) -> None:
         from suntool.quant.packing import check_bits
@@ -131,8 +134,13 @@ def _link_or_copy(src, dst) -> None:
         shutil.copy2(src, dst)
 
 
-def quantize_artifact(config: QuantizeArtifactConfig, progress: Progress | None = None):
-    """Quantize the artifact's decode half; return (new Manifest, QuantizeReport)."""
+def quantize_artifact(config: QuantizeArtifactConfig, progress: Progress | None = None,
+                      layer_progress: Callable[[int, int, str], None] | None = None):
+    """Quantize the artifact's decode half; return (new Manifest, QuantizeReport).
+
+    `progress(message)` gets what is happening; `layer_progress(done, total, name)`, if given, gets
+    every quantized linear (and `progress` then no "quantized N/M" messages).
+    """
     import torch
 
     from suntool import store
@@ -167,14 +175,16 @@ def quantize_artifact(config: QuantizeArtifactConfig, progress: Progress | None 
         say(f"calibrating on {len(calib)} samples, {sum(c.numel() for c in calib)} tokens")
 
     def on_layer(step: int, total: int, name: str) -> None:
-        if step == total or step % 10 == 0:
+        if layer_progress is not None:
+            layer_progress(step, total, name)
+        elif step == total or step % 10 == 0:
             say(f"quantized {step}/{total} linears ({name})")
 
     group_size = config.group_size if config.group_size is not None else auto_group_size(model)
     try:
         report = quantize_model(
             model, calib, bits=config.bits, group_size=group_size, method=config.method,
-            desc_act=config.desc_act, progress=on_layer,
+            desc_act=config.desc_act, progress=on_layer, lm_head=config.quantize_lm_head,
         )
     except SuntoolError as err:
         raise SuntoolError(f"{ref.decode_dir}: {err}") from err

@@ -13,6 +13,12 @@ calibration pass stops at the group's last linear, and quantized linears are sto
 dense nn.Linear with their dequantized weight (the same numbers) until the layer is done.
 `method="rtn"` rounds to nearest and needs no calibration.
 
+`lm_head=True` quantizes the output projection too (gptqmodel's `lm_head: true` layout: the
+checkpoint holds `lm_head.qweight/qzeros/scales/g_idx`). A tied lm_head is untied first: the
+input embedding keeps the full-precision weight (a lookup table, never quantized) and the
+config says `tie_word_embeddings: false`. Under GPTQ its Hessian comes from the final norm's
+outputs over the calibration data, with every decoder layer already quantized.
+
 `save_quantized(model, out_dir, config)` writes the model as a standard HF checkpoint, atomically
 (`suntool.atomic.atomic_dir`): `model.safetensors` with tensors named like gptqmodel's
 (`model.layers.N.self_attn.q_proj.qweight` / `.qzeros` / `.scales` / `.g_idx` / `.bias`),
@@ -58,6 +64,7 @@ class QuantConfig:
     damp_percent: float = 0.01
     true_sequential: bool = True
     block_size: int = 128
+    lm_head: bool = False  # quantize the output projection too (untied first if tied)
 
     def validate(self) -> None:
         """Raise SuntoolError on a setting no layer could be quantized with."""
@@ -86,7 +93,7 @@ class QuantConfig:
             "group_size": self.group_size,
             "desc_act": self.desc_act,
             "sym": self.sym,
-            "lm_head": False,
+            "lm_head": self.lm_head,
             "format": "gptq",
             "checkpoint_format": "gptq",
             "pack_dtype": "int32",
@@ -175,21 +182,69 @@ def is_quantized(model: nn.Module) -> bool:
     return any(isinstance(m, QuantLinear) for m in model.modules())
 
 
-def _check_layer_shapes(prefix: str, layers: nn.ModuleList, config: QuantConfig) -> int:
+def output_projection(model: nn.Module) -> tuple[str, nn.Linear]:
+    """(name, module) of the model's lm_head; SuntoolError if it is not a plain linear layer."""
+    from torch import nn
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(head, nn.Linear):
+        raise SuntoolError(
+            f"{type(model).__name__} has no linear lm_head to quantize (found {type(head).__name__}); "
+            "drop --quantize-lm-head"
+        )
+    name = next(n for n, m in model.named_modules() if m is head)
+    return name, head
+
+
+def is_tied(model: nn.Module) -> bool:
+    """Whether the lm_head shares its weight with the input embedding."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    return head is not None and embeddings is not None and head.weight is embeddings.weight
+
+
+def untie_lm_head(model: nn.Module) -> bool:
+    """Give a tied lm_head its own copy of the weight and mark the config untied; returns whether it was tied.
+
+    The input embedding keeps the original parameter, so the model computes exactly what it did.
+    """
+    from torch import nn
+
+    if not is_tied(model):
+        return False
+    name, head = output_projection(model)
+    untied = nn.Linear(head.in_features, head.out_features, bias=head.bias is not None,
+                       device=head.weight.device, dtype=head.weight.dtype)
+    untied.weight = nn.Parameter(head.weight.detach().clone(), requires_grad=head.weight.requires_grad)
+    if head.bias is not None:
+        untied.bias = nn.Parameter(head.bias.detach().clone(), requires_grad=head.bias.requires_grad)
+    _set_submodule(model, name, untied)
+    configs = [model.config]
+    if hasattr(model.config, "get_text_config"):
+        configs.append(model.config.get_text_config())
+    for config in configs:
+        config.tie_word_embeddings = False
+    return True
+
+
+def _check_linear_shape(where: str, linear: nn.Linear, config: QuantConfig) -> None:
     from suntool.quant.rtn import check_group_size
 
-    count = 0
     multiple = pack_multiple(config.bits)
+    check_group_size(config.group_size, linear.in_features, where)
+    for what, n in (("in_features", linear.in_features), ("out_features", linear.out_features)):
+        if n % multiple:
+            raise SuntoolError(
+                f"{where} has {what}={n}, which the {config.bits}-bit GPTQ layout cannot pack "
+                f"(it needs a multiple of {multiple}); quantize with another bit width"
+            )
+
+
+def _check_layer_shapes(prefix: str, layers: nn.ModuleList, config: QuantConfig) -> int:
+    count = 0
     for i, layer in enumerate(layers):
         for name, linear in _linears(layer):
-            where = f"{prefix}.{i}.{name}"
-            check_group_size(config.group_size, linear.in_features, where)
-            for what, n in (("in_features", linear.in_features), ("out_features", linear.out_features)):
-                if n % multiple:
-                    raise SuntoolError(
-                        f"{where} has {what}={n}, which the {config.bits}-bit GPTQ layout cannot pack "
-                        f"(it needs a multiple of {multiple}); quantize with another bit width"
-                    )
+            _check_linear_shape(f"{prefix}.{i}.{name}", linear, config)
             count += 1
     if count == 0:
         raise SuntoolError(f"the decoder layers {prefix} hold no nn.Linear to quantize")
@@ -422,6 +477,32 @@ def _quantize_layer_gptq(
     return [(h, rest, kwargs) for h, (_, rest, kwargs) in zip(outputs, inputs, strict=True)]
 
 
+def _final_norm(model: nn.Module):
+    """The norm between the last decoder layer and the lm_head (`model.model.norm` in every supported family)."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", None)
+    return getattr(decoder, "norm", None)
+
+
+def _quantize_lm_head(model: nn.Module, inputs: list[tuple] | None, config: QuantConfig, done: Callable) -> None:
+    """Quantize the (untied) lm_head; GPTQ's Hessian from the final norm of the last layer's outputs."""
+    from suntool.quant.gptq import HessianAccumulator
+
+    name, head = output_projection(model)
+    if inputs is None:  # rtn
+        qlinear, report = _quantize_rtn(name, head, config)
+    else:
+        norm = _final_norm(model)
+        if norm is None:
+            raise SuntoolError(f"cannot find the final norm of {type(model).__name__} to calibrate its lm_head; "
+                               "quantize it with method='rtn' or drop --quantize-lm-head")
+        acc = HessianAccumulator(head.in_features, head.weight.device)
+        for hidden, _rest, _kwargs in inputs:
+            acc.add_batch(norm(hidden))
+        qlinear, report = _quantize_gptq(name, head, acc, config)
+    _set_submodule(model, name, qlinear)
+    done(report)
+
+
 def quantize_model(
     model: nn.Module,
     calib_batches: Sequence[torch.Tensor],
@@ -435,8 +516,10 @@ def quantize_model(
     damp_percent: float = 0.01,
     true_sequential: bool = True,
     block_size: int = 128,
+    lm_head: bool = False,
 ) -> QuantizeReport:
-    """Quantize every nn.Linear of `model`'s decoder layers in place; see the module docstring."""
+    """Quantize every nn.Linear of `model`'s decoder layers (and with `lm_head` its output projection) in
+    place; see the module docstring."""
     import torch
 
     config = QuantConfig(
@@ -448,6 +531,7 @@ def quantize_model(
         damp_percent=damp_percent,
         true_sequential=true_sequential,
         block_size=block_size,
+        lm_head=lm_head,
     )
     config.validate()
     if is_quantized(model):
@@ -457,6 +541,10 @@ def quantize_model(
         )
     prefix, layers = find_decoder_layers(model)
     total = _check_layer_shapes(prefix, layers, config)
+    if lm_head:
+        head_name, head = output_projection(model)
+        _check_linear_shape(head_name, head, config)
+        total += 1
     batches = _check_calibration(model, calib_batches) if method == "gptq" else []
 
     start = time.perf_counter()
@@ -474,6 +562,7 @@ def quantize_model(
     model.eval()
     try:
         with torch.no_grad():
+            inputs = None
             if method == "rtn":
                 for i, layer in enumerate(layers):
                     for name, linear in _linears(layer):
@@ -484,6 +573,9 @@ def quantize_model(
                 inputs = _capture_layer0_inputs(model, layers[0], batches)
                 for i, layer in enumerate(layers):
                     inputs = _quantize_layer_gptq(layer, f"{prefix}.{i}", inputs, config, done)
+            if lm_head:
+                untie_lm_head(model)
+                _quantize_lm_head(model, inputs, config, done)
     finally:
         model.train(was_training)
     model.config.quantization_config = config.to_quantization_config()

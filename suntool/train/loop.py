@@ -323,7 +323,9 @@ def train(
         metrics.write({"step": step, "eval_loss": value})
         emit(TrainEvent("eval", step, steps, eval_loss=value, elapsed_s=state.elapsed_s))
 
-    if resumed is None:
+    if resumed is None and eval_set is not None:
+        emit(TrainEvent("message", state.step, steps,
+                        message=f"held-out loss before training ({len(eval_set)} examples)"))
         run_eval(0)
     calibrate_at = max(1, round(0.1 * steps)) if steps > 1 else None
     setup.train_mode()
