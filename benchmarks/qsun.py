@@ -1,16 +1,19 @@
-"""QSUN measurements: the 4-bit decode half against the full-precision one, in one run.
+"""QSUN measurements: 4-bit decode halves against the full-precision one, in one run.
 
-For a full-precision artifact ART and its quantized twin QART (`suntool quantize ART -o QART`):
+For a full-precision artifact ART and one or more quantized twins QART... (`suntool quantize ART -o QART`,
+e.g. one without and one with `--quantize-lm-head`):
   - held-out perplexity of each decode half on the bundled synthetic test texts,
   - decode-half bytes on disk, in memory as stored (GPTQ parameters + buffers) and as decoding
-    (what `load_artifact` holds: on CPU in bf16 the int4 packs replace the GPTQ buffers),
-  - decode time per token through `suntool.handoff` (same prompts, same batch, interleaved
-    repeats, median), as a ratio 4-bit / full precision.
+    (what `load_artifact` holds: on CPU in bf16 the int4 packs replace the GPTQ buffers), with the
+    bytes of the lm_head and of the input embedding on their own (a tied pair counted once),
+  - decode time per token through `suntool.handoff` (same prompts, same batch, every half timed in
+    each of the interleaved repeats, median), as a ratio to the full-precision half.
 
-    python benchmarks/qsun.py runs/qsun/base runs/qsun/base-4bit --json runs/qsun/measure.json
+    python benchmarks/qsun.py runs/demo/task runs/qsun/demo-4bit runs/qsun/demo-4bit-lmhead --json runs/qsun/m.json
 
-Prints a table and writes JSON. On CPU a bf16 4-bit half runs through PyTorch's int4 CPU op
-(`suntool.kernels.w4a16_cpu`); other dtypes dequantize on the fly in torch (slower than the
+Prints a table and writes JSON (`variants`: one entry per quantized artifact; the first one's
+figures are also at the top level, as before). On CPU a bf16 4-bit half runs through PyTorch's int4
+CPU op (`suntool.kernels.w4a16_cpu`); other dtypes dequantize on the fly in torch (slower than the
 full-precision half); on a GPU the Triton w4a16 kernel is the path.
 """
 
@@ -90,10 +93,46 @@ def decode_seconds_per_token(prefill_model, decode_model, tokenizer, prompts, ne
         return (time.perf_counter() - start) / new_tokens
 
 
+def head_and_embedding_bytes(model) -> dict:
+    """Bytes of the lm_head (parameters or 4-bit buffers / int4 pack) and of the input embedding; 0 for a tied head."""
+    head = model.get_output_embeddings()
+    embedding = model.get_input_embeddings()
+    tied = getattr(head, "weight", None) is not None and head.weight is embedding.weight
+    tensors = list(head.parameters()) + list(head.buffers())
+    head_bytes = 0 if tied else sum(t.numel() * t.element_size() for t in tensors)
+    return {"lm_head_bytes": head_bytes + cpu_int4_pack_bytes(head), "embedding_bytes": embedding.weight.nbytes,
+            "tied": tied}
+
+
+def measure_quantized(path: str, args, full, tokenizer, texts) -> tuple[dict, object]:
+    from suntool.artifact import load_artifact
+
+    quant = load_artifact(path, dtype=args.dtype, allow_mismatch=True)
+    # the GPTQ tensors as stored (a bf16 CPU load through the kernels keeps only the int4 packs instead)
+    stored = load_artifact(path, dtype=args.dtype, allow_mismatch=True, kernels=False)
+    result = {
+        "quantized_dir": str(quant.ref.decode_dir),
+        "quantization": quant.manifest.decode.quantization,
+        "perplexity_quantized": perplexity(quant.decode_model, tokenizer, texts),
+        "disk_bytes_quantized": disk_bytes(quant.ref.decode_dir),
+        "memory_bytes_quantized": memory_bytes(stored.decode_model),
+        "memory_bytes_layers_quantized": memory_bytes(stored.decode_model, layers_prefix(stored.decode_model)),
+    }
+    del stored
+    # what decoding really holds: parameters and buffers left after loading, plus the CPU int4 packs
+    result["cpu_int4_pack_bytes"] = cpu_int4_pack_bytes(quant.decode_model)
+    result["memory_bytes_as_decoding"] = memory_bytes(quant.decode_model) + result["cpu_int4_pack_bytes"]
+    layer_packs = sum(cpu_int4_pack_bytes(layer) for layer in quant.decode_model.model.layers)
+    result["memory_bytes_layers_as_decoding"] = (
+        memory_bytes(quant.decode_model, layers_prefix(quant.decode_model)) + layer_packs)
+    result.update({f"as_decoding_{k}": v for k, v in head_and_embedding_bytes(quant.decode_model).items()})
+    return result, quant
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("full", help="artifact with the full-precision decode half")
-    parser.add_argument("quantized", help="the same artifact with its decode half quantized")
+    parser.add_argument("quantized", nargs="+", help="the same artifact with its decode half quantized (one or more)")
     parser.add_argument("--texts", type=int, default=100, help="held-out texts for perplexity")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--new-tokens", type=int, default=32)
@@ -109,58 +148,53 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(0)
     full = load_artifact(args.full, dtype=args.dtype)
-    quant = load_artifact(args.quantized, dtype=args.dtype, allow_mismatch=True)
-    # the GPTQ tensors as stored (a bf16 CPU load through the kernels keeps only the int4 packs instead)
-    stored = load_artifact(args.quantized, dtype=args.dtype, allow_mismatch=True, kernels=False)
     tokenizer = full.tokenizer
     texts = [r["prompt"] + r["completion"] for task in ("arith", "program", "funcall")
              for r in load_bundled(task, "test")[: args.texts // 3]]
     prompts = [r["prompt"] for r in load_bundled("arith", "test")[: args.batch]]
-
-    result = {
+    base = {
         "full_dir": str(full.ref.decode_dir),
-        "quantized_dir": str(quant.ref.decode_dir),
-        "quantization": quant.manifest.decode.quantization,
         "perplexity_full": perplexity(full.decode_model, tokenizer, texts),
-        "perplexity_quantized": perplexity(quant.decode_model, tokenizer, texts),
         "disk_bytes_full": disk_bytes(full.ref.decode_dir),
-        "disk_bytes_quantized": disk_bytes(quant.ref.decode_dir),
         "memory_bytes_full": memory_bytes(full.decode_model),
-        "memory_bytes_quantized": memory_bytes(stored.decode_model),
-        # the decoder layers alone: embeddings, final norm and lm_head stay in the model dtype
+        # the decoder layers alone: embeddings, final norm and lm_head stay in the model dtype by default
         "memory_bytes_layers_full": memory_bytes(full.decode_model, layers_prefix(full.decode_model)),
-        "memory_bytes_layers_quantized": memory_bytes(stored.decode_model, layers_prefix(stored.decode_model)),
+        **{f"full_{k}": v for k, v in head_and_embedding_bytes(full.decode_model).items()},
     }
-    del stored
-    timings = {"full": [], "quantized": []}
-    decode_seconds_per_token(full.prefill_model, full.decode_model, tokenizer, prompts, 4)  # warm-up
-    decode_seconds_per_token(full.prefill_model, quant.decode_model, tokenizer, prompts, 4)
-    for _ in range(args.repeats):  # interleaved so machine noise hits both alike
-        timings["full"].append(decode_seconds_per_token(
-            full.prefill_model, full.decode_model, tokenizer, prompts, args.new_tokens))
-        timings["quantized"].append(decode_seconds_per_token(
-            full.prefill_model, quant.decode_model, tokenizer, prompts, args.new_tokens))
-    result["decode_s_per_token_full"] = statistics.median(timings["full"])
-    result["decode_s_per_token_quantized"] = statistics.median(timings["quantized"])
-    result["decode_time_ratio"] = result["decode_s_per_token_quantized"] / result["decode_s_per_token_full"]
-    # what decoding really holds: parameters and buffers left after loading, plus the CPU int4 packs
-    result["cpu_int4_pack_bytes"] = cpu_int4_pack_bytes(quant.decode_model)
-    result["memory_bytes_as_decoding"] = memory_bytes(quant.decode_model) + result["cpu_int4_pack_bytes"]
-    result["memory_bytes_layers_as_decoding"] = (
-        memory_bytes(quant.decode_model, layers_prefix(quant.decode_model)) + result["cpu_int4_pack_bytes"])
-    result["memory_ratio_as_decoding"] = result["memory_bytes_as_decoding"] / result["memory_bytes_full"]
-    result["memory_ratio_layers_as_decoding"] = (
-        result["memory_bytes_layers_as_decoding"] / result["memory_bytes_layers_full"])
-    result["disk_ratio"] = result["disk_bytes_quantized"] / result["disk_bytes_full"]
-    result["memory_ratio"] = result["memory_bytes_quantized"] / result["memory_bytes_full"]
-    result["memory_ratio_layers"] = result["memory_bytes_layers_quantized"] / result["memory_bytes_layers_full"]
-    result["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    for key, value in result.items():
-        if not isinstance(value, dict):
-            print(f"{key:32s} {value:.4g}" if isinstance(value, float) else f"{key:32s} {value}")
+    variants, models = {}, {}
+    for path in args.quantized:
+        variants[path], models[path] = measure_quantized(path, args, full, tokenizer, texts)
+    timings = {"full": [], **{path: [] for path in args.quantized}}
+    decoders = {"full": full.decode_model, **{path: m.decode_model for path, m in models.items()}}
+    for model in decoders.values():  # warm-up
+        decode_seconds_per_token(full.prefill_model, model, tokenizer, prompts, 4)
+    for _ in range(args.repeats):  # interleaved so machine noise hits every half alike
+        for name, model in decoders.items():
+            timings[name].append(decode_seconds_per_token(full.prefill_model, model, tokenizer, prompts,
+                                                          args.new_tokens))
+    base["decode_s_per_token_full"] = statistics.median(timings["full"])
+    for path, result in variants.items():
+        result["decode_s_per_token_quantized"] = statistics.median(timings[path])
+        result["decode_time_ratio"] = result["decode_s_per_token_quantized"] / base["decode_s_per_token_full"]
+        result["memory_ratio_as_decoding"] = result["memory_bytes_as_decoding"] / base["memory_bytes_full"]
+        result["memory_ratio_layers_as_decoding"] = (
+            result["memory_bytes_layers_as_decoding"] / base["memory_bytes_layers_full"])
+        result["disk_ratio"] = result["disk_bytes_quantized"] / base["disk_bytes_full"]
+        result["memory_ratio"] = result["memory_bytes_quantized"] / base["memory_bytes_full"]
+        result["memory_ratio_layers"] = result["memory_bytes_layers_quantized"] / base["memory_bytes_layers_full"]
+    result = {**base, **variants[args.quantized[0]], "variants": variants,
+              "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+    for key, value in base.items():
+        print(f"{key:40s} {value:.4g}" if isinstance(value, float) else f"{key:40s} {value}")
+    for path, variant in variants.items():
+        print(f"-- {path}")
+        for key, value in variant.items():
+            if not isinstance(value, dict):
+                print(f"   {key:37s} {value:.4g}" if isinstance(value, float) else f"   {key:37s} {value}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+        from suntool.atomic import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(result, indent=2))
     return 0
 
 
