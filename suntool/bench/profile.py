@@ -1,0 +1,198 @@
+"""`suntool bench --profile`: measure the local engine's step costs into a simulator profile.
+
+`measure_profile(ProfileConfig(...), say)` loads the artifacts into the local engine
+through its public API only (`Engine.from_artifacts`, `EngineConfig`, `submit`,
+`stats`, `close`) and measures:
+
+- decode: for every batch size B and context L of the grid, B requests of L random
+  prompt tokens and `decode_steps` output tokens (`ignore_eos`) submitted together; the
+  step time is the gap between token events while all B sequences decode together
+  (from the last sequence's first token to the first sequence's last token), per step;
+- prefill: for every prompt length P (and a few batched points), one (or B) request(s)
+  of P tokens and one output token; the time to that token minus one decode step at
+  (B, P) measured above is the prefill forward.
+
+Each point is the median of `repeats`. The profile (format in `suntool.simulate.profile`)
+also records the engine settings the costs were measured under (max batch, prefill
+token budget, torch threads per worker, KV capacity) and the host (cores, CPU flags),
+and is written atomically. `suntool simulate --profile PATH` reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from suntool.errors import SuntoolError
+
+Say = Callable[[str], None]
+NAME = "profiled"
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    artifacts: tuple[str, ...]
+    out: Path
+    batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    contexts: tuple[int, ...] = (32, 128, 256)
+    prefill_tokens: tuple[int, ...] = (16, 64, 256, 1024)
+    prefill_batches: tuple[tuple[int, int], ...] = ((4, 64), (16, 64), (32, 64))  # (batch, prompt tokens)
+    decode_steps: int = 10
+    repeats: int = 2
+    decode_workers: int = 1
+    torch_threads: int | None = None
+    dtype: str | None = None
+    serve_args: dict = field(default_factory=dict)  # more EngineConfig fields
+
+    def validate(self) -> None:
+        if not self.artifacts:
+            raise SuntoolError("--profile measures the local engine: give --local ART (one artifact is enough)")
+        for name, values in (("--profile-batches", self.batch_sizes), ("--profile-contexts", self.contexts),
+                             ("prefill tokens", self.prefill_tokens)):
+            if not values or any(v < 1 for v in values) or list(values) != sorted(set(values)):
+                raise SuntoolError(f"{name} must be increasing positive integers, got {list(values)}")
+        if self.decode_steps < 3 or self.repeats < 1:
+            raise SuntoolError("decode steps must be at least 3 and repeats at least 1")
+
+
+class _Recorder:
+    """A sink per request: the time and token count of each event, and a done flag."""
+
+    def __init__(self):
+        self.times: list[tuple[float, int]] = []
+        self.done = threading.Event()
+
+    def __call__(self, event) -> None:
+        if event.token_ids:
+            self.times.append((time.perf_counter(), len(event.token_ids)))
+        if event.finish_reason is not None:
+            if event.finish_reason != "length":
+                self.error = event.finish_reason
+            self.done.set()
+
+
+def _run(engine, prompts: list[list[int]], max_tokens: int) -> tuple[float, list[_Recorder]]:
+    from suntool.serve.sequence import SamplingParams
+
+    params = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
+    recorders = [_Recorder() for _ in prompts]
+    start = time.perf_counter()
+    for prompt, recorder in zip(prompts, recorders, strict=True):
+        engine.submit(NAME, prompt, params, recorder)
+    for recorder in recorders:
+        if not recorder.done.wait(600):
+            raise SuntoolError("a profiling request did not finish in 600 s; is the machine overloaded?")
+        if getattr(recorder, "error", None):
+            raise SuntoolError(f"a profiling request ended with {recorder.error!r} instead of its length")
+    return start, recorders
+
+
+def _prompts(rng: random.Random, count: int, length: int) -> list[list[int]]:
+    return [[rng.randrange(100, 5000) for _ in range(length)] for _ in range(count)]
+
+
+def _decode_step(engine, rng, batch: int, context: int, steps: int) -> float:
+    _, recorders = _run(engine, _prompts(rng, batch, context), steps)
+    firsts = [r.times[0][0] for r in recorders]
+    lasts = [r.times[-1][0] for r in recorders]
+    t_a, t_b = max(firsts), min(lasts)
+    first_done = recorders[lasts.index(t_b)]
+    tokens = sum(n for t, n in first_done.times if t_a < t <= t_b)
+    if tokens < 2:
+        raise SuntoolError(f"batch {batch} never decoded together; raise the decode steps or lower --max-batch")
+    return (t_b - t_a) / tokens
+
+
+def measure_profile(config: ProfileConfig, say: Say | None = None) -> dict:
+    """Measure and write the profile; returns its dict (also written to `config.out`)."""
+    from suntool.atomic import atomic_write_text
+    from suntool.serve.engine import Engine, EngineConfig
+
+    say = say or (lambda _m: None)
+    config.validate()
+    engine_config = EngineConfig(decode_workers=config.decode_workers, torch_threads=config.torch_threads,
+                                 dtype=config.dtype, **config.serve_args)
+    say(f"loading {config.artifacts[0]} into the local engine")
+    engine = Engine.from_artifacts([config.artifacts[0]], names=[NAME], config=engine_config)
+    rng = random.Random(0)
+    try:
+        _run(engine, _prompts(rng, 2, 16), 4)  # warm-up
+        grid = []
+        for batch in config.batch_sizes:
+            row = []
+            for context in config.contexts:
+                times = [_decode_step(engine, rng, batch, context, config.decode_steps) for _ in range(config.repeats)]
+                row.append(statistics.median(times))
+                say(f"decode batch {batch:>3} context {context:>5}: {row[-1] * 1e3:.1f} ms/step")
+            grid.append(row)
+
+        def step(batch: int, context: int) -> float:
+            from suntool.simulate.profile import interp
+
+            per_context = [interp(list(config.batch_sizes), [r[c] for r in grid], batch)
+                           for c in range(len(config.contexts))]
+            return interp(list(config.contexts), per_context, context)
+
+        points = []
+        shapes = [(1, p) for p in config.prefill_tokens] + list(config.prefill_batches)
+        for batch, tokens in shapes:
+            times = []
+            for _ in range(config.repeats):
+                start, recorders = _run(engine, _prompts(rng, batch, tokens), 1)
+                times.append(max(r.times[-1][0] for r in recorders) - start)
+            seconds = max(statistics.median(times) - step(batch, tokens), 1e-5)
+            points.append({"batch": batch, "prompt_tokens": tokens, "seconds": seconds})
+            say(f"prefill batch {batch:>3} × {tokens:>5} tokens: {seconds * 1e3:.1f} ms")
+        stats = engine.stats()
+    finally:
+        engine.close()
+    profile = {
+        "format": "suntool-profile", "version": 1,
+        "decode": {"batch_sizes": list(config.batch_sizes), "contexts": list(config.contexts), "step_seconds": grid},
+        "prefill": {"points": points},
+        "engine": {"max_batch": engine_config.max_batch, "max_prefill_tokens": engine_config.max_prefill_tokens,
+                   "torch_threads": engine_config.torch_threads or max(1, (os.cpu_count() or 1)
+                                                                      // (config.decode_workers + 1)),
+                   "decode_workers": config.decode_workers, "dtype": config.dtype or "float32 (CPU default)",
+                   "kv_capacity_tokens": stats.kv_blocks_total * engine_config.block_size},
+        "host": {"cores": os.cpu_count() or 1, "cpu": _cpu_name(), "flags": _cpu_flags(),
+                 "machine": platform.machine()},
+        "source": {"artifact": str(config.artifacts[0]), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                   "decode_steps": config.decode_steps, "repeats": config.repeats,
+                   "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
+    }
+    from suntool.simulate.profile import parse_profile
+
+    parse_profile(profile, config.out)  # what we write, we can read
+    atomic_write_text(Path(config.out), json.dumps(profile, indent=1) + "\n")
+    return profile
+
+
+def _cpu_info() -> dict[str, str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    info = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        info.setdefault(key.strip(), value.strip())
+    return info
+
+
+def _cpu_name() -> str:
+    return _cpu_info().get("model name", platform.processor() or "unknown")
+
+
+def _cpu_flags() -> list[str]:
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "fma")
+    flags = set(_cpu_info().get("flags", "").split())
+    return [f for f in wanted if f in flags]
