@@ -30,10 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import experiment_stats as stats  # noqa: E402
 
+DROPBP = tuple(f"full-dropbp{p}" for p in (0.5, 0.75, 0.875))
+DROPBP_LORA = tuple(f"full-lora-dropbp{p}" for p in (0.5, 0.75, 0.875))
 SUN_COMPARISONS = (("sun", "full"), ("prefillshare", "full"), ("sun-lora", "full-lora"),
-                   ("prefillshare-lora", "full-lora"))
+                   ("prefillshare-lora", "full-lora"), *((v, "full") for v in DROPBP),
+                   *((v, "full-lora") for v in DROPBP_LORA))
 ORDER = ("base", "full", "sun", "prefillshare", "full-lora", "sun-lora", "prefillshare-lora", "mismatched",
-         "full-affine")
+         "full-affine", *DROPBP, *DROPBP_LORA)
 
 
 def collect(work: Path) -> list[dict]:

@@ -13,6 +13,8 @@ calling, the SUN paper's three families) it trains, on SmolLM2-135M (the embedde
     prefillshare       train the decode half, prefill = the frozen base      --method prefillshare
     full-lora / sun-lora / prefillshare-lora   the same with a LoRA adapter  --lora R
     full-affine        full, with Affine-Scaled Attention (not in the default set)
+    full-dropbp0.5 / 0.75 / 0.875, full-lora-dropbp0.5 / ...   full (or full-lora) with DropBP at that
+                       target rate (not in the default set; seeded like full)
 
 `full`, `sun` and `prefillshare` are trained with `--seeds` seeds (0, 1, ...: data order and
 initialisation); the LoRA and affine rows with seed 0. Each is scored on the first `--test` records
@@ -49,18 +51,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+DROPBP_RATES = (0.5, 0.75, 0.875)
+DROPBP_VARIANTS = tuple(f"full-dropbp{p}" for p in DROPBP_RATES) + tuple(f"full-lora-dropbp{p}" for p in DROPBP_RATES)
 VARIANTS = ("base", "full", "sun", "prefillshare", "full-lora", "sun-lora", "prefillshare-lora", "mismatched",
-            "full-affine")
-DEFAULT_VARIANTS = tuple(v for v in VARIANTS if v != "full-affine")
-SEEDED = ("full", "sun", "prefillshare")  # trained with every seed
-TRAINED = {  # variant -> (method, which base artifact, lora?, attention)
-    "full": ("full", "sun", False, "standard"),
-    "sun": ("sun", "sun", False, "standard"),
-    "prefillshare": ("prefillshare", "prefillshare", False, "standard"),
-    "full-lora": ("full", "sun", True, "standard"),
-    "sun-lora": ("sun", "sun", True, "standard"),
-    "prefillshare-lora": ("prefillshare", "prefillshare", True, "standard"),
-    "full-affine": ("full", "sun", False, "affine"),  # Affine-Scaled Attention, otherwise the same as full
+            "full-affine", *DROPBP_VARIANTS)
+DEFAULT_VARIANTS = VARIANTS[:8]  # not full-affine, not the DropBP rows (ask for them with --variant)
+SEEDED = ("full", "sun", "prefillshare", *DROPBP_VARIANTS)  # trained with every seed
+TRAINED = {  # variant -> (method, which base artifact, lora?, attention, DropBP rate)
+    "full": ("full", "sun", False, "standard", 0.0),
+    "sun": ("sun", "sun", False, "standard", 0.0),
+    "prefillshare": ("prefillshare", "prefillshare", False, "standard", 0.0),
+    "full-lora": ("full", "sun", True, "standard", 0.0),
+    "sun-lora": ("sun", "sun", True, "standard", 0.0),
+    "prefillshare-lora": ("prefillshare", "prefillshare", True, "standard", 0.0),
+    "full-affine": ("full", "sun", False, "affine", 0.0),  # Affine-Scaled Attention, otherwise the same as full
+    **{f"full-dropbp{p}": ("full", "sun", False, "standard", p) for p in DROPBP_RATES},
+    **{f"full-lora-dropbp{p}": ("full", "sun", True, "standard", p) for p in DROPBP_RATES},
 }
 DEFAULT_TASKS = ("arith", "program", "funcall")
 
@@ -148,7 +154,7 @@ def train_variant(variant: str, task_dir: Path, bases: dict[str, Path], train: P
     """Train one run (skipped when its artifact exists; resumed from its checkpoints when interrupted)."""
     from suntool.train import FinetuneConfig, finetune
 
-    method, base, lora, attention = TRAINED[variant]
+    method, base, lora, attention, dropbp = TRAINED[variant]
     out = task_dir / run_name(variant, seed)
     if (out / "suntool.json").is_file():
         print(f"  {task_dir.name}: {out.name} already trained", flush=True)
@@ -156,7 +162,7 @@ def train_variant(variant: str, task_dir: Path, bases: dict[str, Path], train: P
     print(f"  {task_dir.name}: training {out.name}", flush=True)
     config = FinetuneConfig(
         artifact=str(bases[base]), data=str(train), out=str(out), method=method, attention=attention,
-        lora=args.lora_rank if lora else 0,
+        lora=args.lora_rank if lora else 0, dropbp=dropbp,
         steps=args.steps, lr=args.lora_lr if lora else args.lr, batch_size=args.batch_size,
         max_length=args.max_length, truncate=True, eval_data=str(val) if val else None,
         eval_every=args.eval_every, save_every=max(1, args.steps // 5), resume=True, seed=seed, device="cpu",
@@ -292,11 +298,17 @@ def plan(variants: list[str], seeds: int) -> list[tuple[str, int | None]]:
     if "base" in variants:
         order.append(("base", None))
     for seed in range(seeds):
-        order += [(v, seed) for v in SEEDED if v in variants]
+        order += [(v, seed) for v in SEEDED if v in variants and v not in DROPBP_VARIANTS]
         if seed == 0 and "mismatched" in variants:
             order.append(("mismatched", 0))
     order += [(v, 0) for v in variants if v in TRAINED and v not in SEEDED]
     return order
+
+
+def seeded_order(variants: list[str], seeds: int) -> list[tuple[str, int | None]]:
+    """`plan` with the DropBP rows after the single-seed rows (every seed of each)."""
+    order = [(v, s) for v, s in plan(variants, seeds) if v not in DROPBP_VARIANTS]
+    return order + [(v, seed) for seed in range(seeds) for v in DROPBP_VARIANTS if v in variants]
 
 
 def main(argv=None) -> int:
@@ -310,7 +322,7 @@ def main(argv=None) -> int:
     variants = args.variant or list(DEFAULT_VARIANTS)
     if "mismatched" in variants and "full" not in variants:
         variants.insert(0, "full")
-    order = plan(variants, args.seeds)
+    order = seeded_order(variants, args.seeds)
     if args.plan:
         for task in tasks:
             task_dir = args.work / task_dir_name(task, args.difficulty)

@@ -33,6 +33,10 @@ def test_plan_runs_seed_zero_first_then_seeds_then_single_seed_rows(experiment):
     assert order[:5] == [("base", None), ("full", 0), ("sun", 0), ("prefillshare", 0), ("mismatched", 0)]
     assert order[5:11] == [("full", 1), ("sun", 1), ("prefillshare", 1), ("full", 2), ("sun", 2), ("prefillshare", 2)]
     assert order[11:] == [("full-lora", 0), ("sun-lora", 0), ("prefillshare-lora", 0)]
+    with_dropbp = experiment.seeded_order(["full", "full-dropbp0.875", "sun"], 2)
+    assert with_dropbp == [("full", 0), ("sun", 0), ("full", 1), ("sun", 1), ("full-dropbp0.875", 0),
+                           ("full-dropbp0.875", 1)]
+    assert experiment.TRAINED["full-lora-dropbp0.5"] == ("full", "sun", True, "standard", 0.5)
 
 
 def test_seeds_scores_intervals_plot_and_resume(experiment, llama_dir, tmp_path, capsys):
