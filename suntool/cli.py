@@ -12,11 +12,11 @@ import sys
 
 import typer
 
-SUBCOMMANDS = ("split", "finetune", "quantize", "eval", "serve", "bench", "generate", "info")
+SUBCOMMANDS = ("split", "finetune", "quantize", "eval", "serve", "bench", "deploy", "simulate", "generate", "info")
 
 
 def build_app() -> typer.Typer:
-    from suntool.commands import bench, finetune, generate, info, quantize, serve, split
+    from suntool.commands import bench, deploy, finetune, generate, info, quantize, serve, simulate, split
     from suntool.commands import eval as eval_cmd
 
     app = typer.Typer(
@@ -27,7 +27,7 @@ def build_app() -> typer.Typer:
         pretty_exceptions_enable=False,
         context_settings={"help_option_names": ["-h", "--help"]},
     )
-    for module in (split, finetune, quantize, eval_cmd, serve, bench, generate, info):
+    for module in (split, finetune, quantize, eval_cmd, serve, bench, deploy, simulate, generate, info):
         module.register(app)
     return app
 

@@ -62,18 +62,9 @@ def _error_response(err: APIError):
     return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
 
-def create_app(engine: Engine, metrics: ServerMetrics | None = None, *, api_key: str | None = None):
-    """The FastAPI app serving `engine`."""
-    from fastapi import FastAPI
-    from fastapi.responses import JSONResponse, Response, StreamingResponse
-    from starlette.background import BackgroundTask
+def install_openai_errors(app) -> None:
+    """Answer `APIError` and Starlette's HTTP errors (404, 405...) with OpenAI's error body."""
     from starlette.exceptions import HTTPException as StarletteHTTPException
-
-    from suntool.serve import protocol
-    from suntool.serve.engine import EngineClosed, QueueFull, RequestTooLong, UnknownModel
-
-    app = FastAPI(title="suntool", docs_url=None, redoc_url=None, openapi_url=None)
-    created = int(time.time())
 
     @app.exception_handler(APIError)
     async def api_error(_request, err: APIError):
@@ -84,6 +75,10 @@ def create_app(engine: Engine, metrics: ServerMetrics | None = None, *, api_key:
         kind = "not_found_error" if err.status_code == 404 else "invalid_request_error"
         return _error_response(APIError(err.status_code, str(err.detail), type=kind))
 
+
+def install_api_key(app, api_key: str | None) -> None:
+    """With a key, `/v1/*` needs 'Authorization: Bearer KEY' (401 with OpenAI's body otherwise)."""
+
     @app.middleware("http")
     async def authenticate(request: Request, call_next):
         if api_key is not None and request.url.path.startswith("/v1"):
@@ -93,6 +88,21 @@ def create_app(engine: Engine, metrics: ServerMetrics | None = None, *, api_key:
                 message = "missing API key: send 'Authorization: Bearer KEY'" if not token else "incorrect API key"
                 return _error_response(APIError(401, message, type="authentication_error", code="invalid_api_key"))
         return await call_next(request)
+
+
+def create_app(engine: Engine, metrics: ServerMetrics | None = None, *, api_key: str | None = None):
+    """The FastAPI app serving `engine`."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse, Response, StreamingResponse
+    from starlette.background import BackgroundTask
+
+    from suntool.serve import protocol
+    from suntool.serve.engine import EngineClosed, QueueFull, RequestTooLong, UnknownModel
+
+    app = FastAPI(title="suntool", docs_url=None, redoc_url=None, openapi_url=None)
+    created = int(time.time())
+    install_openai_errors(app)
+    install_api_key(app, api_key)
 
     @app.get("/health")
     async def health():
