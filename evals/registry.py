@@ -120,6 +120,11 @@ def _materialized_session_dir() -> Path:
     return _session_dir
 
 
+def session_tasks_dir() -> Path:
+    """This process's materialized copy of the bundled task YAMLs (created on first use, removed at exit)."""
+    return _materialized_session_dir()
+
+
 def task_manager(include_path: str | Path | list[str | Path] | None = None, *, include_defaults: bool = True):
     """An `lm_eval.tasks.TaskManager` indexing the bundled tasks, then `include_path`, and
     (with `include_defaults`, lm-eval's default) every task shipped with lm-eval (~9 s to index)."""
