@@ -45,6 +45,11 @@ def bench_command(
     seed: int = typer.Option(0, "--seed", help="Seed of arrivals, model choice and prompts."),
     api_key: str = typer.Option(None, "--api-key", envvar="SUNTOOL_API_KEY", help="Bearer key for the server."),
     warmup: int = typer.Option(1, "--warmup", min=0, help="Warm-up requests per model before measuring."),
+    profile: str = typer.Option(
+        None, "--profile", help="With --local: measure step costs for `suntool simulate --profile` into this JSON."
+    ),
+    profile_batches: str = typer.Option("1,2,4,8,16,32", "--profile-batches", help="Decode batch sizes to profile."),
+    profile_contexts: str = typer.Option("32,128,384", "--profile-contexts", help="Context lengths to profile."),
 ) -> None:
     """Benchmark a server: TTFT/TPOT/throughput under Poisson, Zipf load."""
     from pathlib import Path
@@ -57,6 +62,9 @@ def bench_command(
     from suntool.bench.workload import WorkloadSpec
     from suntool.errors import SuntoolError
 
+    if profile:
+        _profile(targets, local, profile, profile_batches, profile_contexts, decode_workers, serve_arg)
+        return
     if dataset not in ("tasks", "random"):
         raise SuntoolError(f"--dataset must be tasks or random, got {dataset!r}")
     if not local and len(targets) != 1:
@@ -79,6 +87,46 @@ def bench_command(
             markup=False,
         )
     console.print(f"wrote {result['json']} and {result['png']}", markup=False)
+
+
+def _ints(flag: str, text: str) -> tuple[int, ...]:
+    from suntool.errors import SuntoolError
+
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise SuntoolError(f"{flag} must be comma-separated integers, got {text!r}") from None
+
+
+def _profile(targets, local, out, batches, contexts, decode_workers, serve_arg) -> None:
+    from pathlib import Path
+
+    from suntool.bench.profile import ProfileConfig, measure_profile
+    from suntool.commands._ui import step_progress
+    from suntool.errors import SuntoolError
+
+    if not local:
+        raise SuntoolError("--profile measures the local engine: use it with --local ART")
+    if serve_arg:
+        raise SuntoolError("--profile takes no --serve-arg: it measures the engine's defaults")
+    config = ProfileConfig(artifacts=tuple(targets), out=Path(out), batch_sizes=_ints("--profile-batches", batches),
+                           contexts=_ints("--profile-contexts", contexts), decode_workers=decode_workers or 1)
+    with step_progress("profiling the local engine") as say:
+        result = measure_profile(config, say)
+    from rich.table import Table
+
+    decode = result["decode"]
+    table = Table(title="decode step (ms) by batch size × context", title_justify="left")
+    table.add_column("batch", justify="right")
+    for context in decode["contexts"]:
+        table.add_column(f"ctx {context}", justify="right")
+    for batch, row in zip(decode["batch_sizes"], decode["step_seconds"], strict=True):
+        table.add_row(str(batch), *(f"{s * 1e3:.1f}" for s in row))
+    console.print(table)
+    prefill = ", ".join(f"{p['batch']}×{p['prompt_tokens']}: {p['seconds'] * 1e3:.0f} ms"
+                        for p in result["prefill"]["points"])
+    console.print(f"prefill: {prefill}", markup=False)
+    console.print(f"wrote {out}", markup=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -6,8 +6,8 @@ through its public API only (`Engine.from_artifacts`, `EngineConfig`, `submit`,
 
 - decode: for every batch size B and context L of the grid, B requests of L random
   prompt tokens and `decode_steps` output tokens (`ignore_eos`) submitted together; the
-  step time is the gap between token events while all B sequences decode together
-  (from the last sequence's first token to the first sequence's last token), per step;
+  step time is the median gap between token events while all B sequences decode together
+  (from the last sequence's first token to the first sequence's last token);
 - prefill: for every prompt length P (and a few batched points), one (or B) request(s)
   of P tokens and one output token; the time to that token minus one decode step at
   (B, P) measured above is the prefill forward.
@@ -41,10 +41,10 @@ NAME = "profiled"
 class ProfileConfig:
     artifacts: tuple[str, ...]
     out: Path
-    batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
-    contexts: tuple[int, ...] = (32, 128, 256)
-    prefill_tokens: tuple[int, ...] = (16, 64, 256, 1024)
-    prefill_batches: tuple[tuple[int, int], ...] = ((4, 64), (16, 64), (32, 64))  # (batch, prompt tokens)
+    batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    contexts: tuple[int, ...] = (32, 128, 384)
+    prefill_tokens: tuple[int, ...] = (16, 64, 256, 512)
+    prefill_batches: tuple[tuple[int, int], ...] = ((4, 64), (16, 64), (8, 256))  # (batch, prompt tokens)
     decode_steps: int = 10
     repeats: int = 2
     decode_workers: int = 1
@@ -105,10 +105,11 @@ def _decode_step(engine, rng, batch: int, context: int, steps: int) -> float:
     lasts = [r.times[-1][0] for r in recorders]
     t_a, t_b = max(firsts), min(lasts)
     first_done = recorders[lasts.index(t_b)]
-    tokens = sum(n for t, n in first_done.times if t_a < t <= t_b)
-    if tokens < 2:
+    window = [(t, n) for t, n in first_done.times if t_a <= t <= t_b]
+    gaps = [(t1 - t0) / n1 for (t0, _), (t1, n1) in zip(window, window[1:], strict=False)]
+    if len(gaps) < 2:
         raise SuntoolError(f"batch {batch} never decoded together; raise the decode steps or lower --max-batch")
-    return (t_b - t_a) / tokens
+    return statistics.median(gaps)  # the median step: robust to a stall caused by other jobs on the machine
 
 
 def measure_profile(config: ProfileConfig, say: Say | None = None) -> dict:

@@ -83,8 +83,9 @@ class Roofline:
         free = self.device.memory * MEMORY_UTILIZATION - halves * self.weight_bytes(decode=decode)
         if free <= 0:
             raise SuntoolError(
-                f"{halves} copy(ies) of {self.model.name} ({self.weight_bytes(decode=decode) / 1e9:.1f} GB each) do "
-                f"not fit one {self.device.name} ({self.device.memory / 1e9:.0f} GB); give more devices per layout, "
+                f"{halves} {'copy' if halves == 1 else 'copies'} of {self.model.name} "
+                f"({self.weight_bytes(decode=decode) / 1e9:.1f} GB each) leave no room for a KV cache on one "
+                f"{self.device.name} ({self.device.memory / 1e9:.0f} GB); give more devices per layout, "
                 "a smaller model or a larger device (tensor parallelism is not simulated)")
         return int(free / self.model.kv_bytes_per_token())
 

@@ -114,6 +114,7 @@ class Costs:
             device = device_spec(source.device, bandwidth=source.bandwidth, flops=source.flops, memory=source.memory)
             self.base = Roofline(device, model_shape(source.model), link_bandwidth=source.link_bandwidth,
                                  overhead=source.overhead, max_batch=source.max_batch)
+            self.base.kv_capacity(1)  # the model must fit one device
             self.host_cores = None
         self.label = self.base.label
 

@@ -6,7 +6,8 @@
 
 - a request goes to the least-loaded prefill instance holding its model's prefill group
   (preferring one whose prefix cache holds its shared prefix);
-- a prefill instance takes its groups' FIFO queues in turn and batches prompts behind the
+- an idle instance starts once every arrival of the same instant is queued (so a burst
+  batches together); a prefill instance takes its groups' FIFO queues in turn and batches prompts behind the
   head while the padded batch (count × longest) stays within `max_prefill_tokens` and
   `max_batch` (the local engine's rule); a cached prefix is not recomputed;
 - the prompt's K/V then travels (`transfer`) to the least-loaded decode instance holding
@@ -152,8 +153,9 @@ class _Prefill:
 
     def add(self, trace: RequestTrace, group: int) -> None:
         self.queues[group].append(trace)
-        if not self.busy:
-            self._start()
+        if not self.busy:  # start after every arrival of this instant is queued, so they batch together
+            self.busy = True
+            self.sim.loop.at(self.sim.loop.now, self._start)
 
     def _start(self) -> None:
         order = self.groups[self.turn:] + self.groups[: self.turn]
@@ -216,8 +218,9 @@ class _Decode:
 
     def add(self, trace: RequestTrace) -> None:
         self.inbox.append(trace)
-        if not self.busy:
-            self._iteration()
+        if not self.busy:  # start after every arrival of this instant is in the inbox
+            self.busy = True
+            self.sim.loop.at(self.sim.loop.now, self._iteration)
 
     def _iteration(self) -> None:
         while self.inbox:

@@ -1,0 +1,141 @@
+"""Acceptance 1 of `suntool simulate`: does the profile-fed simulator predict `suntool bench --compare`?
+
+    .venv/bin/python benchmarks/simulate_validate.py runs/sim/task-a runs/sim/task-b runs/sim/task-c \
+        runs/sim/task-d --out runs/sim/validate
+
+1. measures a profile of the local engine (`suntool bench --local ART --profile`, the first
+   artifact: all four share the decode half and the architecture);
+2. runs `suntool bench --local ART... --compare --decode-workers 1 --workload zipf:1.0
+   --rate 1 --rate 2 --rate inf -n 32 --output-len 32` (shared vs --no-share);
+3. replays the bench's own planned requests (same seed: arrival times, models, prompts
+   tokenized with the artifact's tokenizer, 32 output tokens) through the simulator
+   with that profile (layouts `sun` = shared, `dedicated` = --no-share; one prefill
+   thread per model, one decode worker, all threads on the profile's cores);
+4. prints predicted vs measured output tokens/s and TPOT p50 (and TTFT p50) with the
+   error, and writes `validate.json`.
+
+`--profile FILE` / `--bench FILE` reuse earlier measurements instead of re-measuring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RATES = ("1", "2", "inf")
+
+
+def suntool(*args: str) -> None:
+    command = [sys.executable, "-m", "suntool", *args]
+    print("$ suntool " + " ".join(args), flush=True)
+    subprocess.run(command, check=True)
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def planned_requests(artifacts: list[str], rate: float, count: int, output_len: int, seed: int):
+    from transformers import AutoTokenizer
+
+    from suntool.bench.workload import WorkloadSpec, plan_requests
+    from suntool.simulate.workload import requests_from_records
+
+    names = [Path(a).name for a in artifacts]
+    tokenizer = AutoTokenizer.from_pretrained(str(Path(artifacts[0]) / "prefill"))
+    spec = WorkloadSpec(popularity="zipf", alpha=1.0, dataset="tasks", output_len=output_len, seed=seed)
+    planned = plan_requests(spec, names, count, rate)
+    return requests_from_records([
+        (p.at, names.index(p.model), len(tokenizer(p.prompt, add_special_tokens=True)["input_ids"]), p.max_tokens)
+        for p in planned
+    ])
+
+
+def simulate(profile: str, artifacts: list[str], rate: float, count: int, output_len: int, seed: int) -> dict:
+    from suntool.simulate.cluster import ClusterConfig, plan_cluster
+    from suntool.simulate.costs import ProfileCosts
+    from suntool.simulate.metrics import SLOTarget, summarize
+    from suntool.simulate.profile import load_profile
+    from suntool.simulate.sim import simulate as run
+
+    prof = load_profile(profile)
+    costs = ProfileCosts(prof)
+    requests = planned_requests(artifacts, rate, count, output_len, seed)
+    out = {}
+    for layout, label in (("sun", "shared"), ("dedicated", "dedicated")):
+        plan = plan_cluster(ClusterConfig(layout=layout, models=len(artifacts), prefill_devices=len(artifacts),
+                                          decode_devices=1, shared_host_cores=prof.cores))
+        outcome = run(plan, requests, costs, costs, shared_host_cores=prof.cores)
+        out[label] = summarize(outcome, plan.devices, SLOTarget())
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("artifacts", nargs="+")
+    parser.add_argument("--out", default="runs/sim/validate")
+    parser.add_argument("--profile", help="reuse this profile instead of measuring one")
+    parser.add_argument("--bench", help="reuse this bench.json instead of running the benchmark")
+    parser.add_argument("-n", type=int, default=32)
+    parser.add_argument("--output-len", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    loads = {"start": load_average()}
+    profile = args.profile or str(out / "profile.json")
+    if not args.profile:
+        suntool("bench", "--local", args.artifacts[0], "--profile", profile)
+        loads["after_profile"] = load_average()
+    bench = args.bench or str(out / "bench" / "bench.json")
+    if not args.bench:
+        rates = [a for r in RATES for a in ("--rate", r)]
+        suntool("bench", "--local", *args.artifacts, "--compare", "--decode-workers", "1", "--workload", "zipf:1.0",
+                *rates, "-n", str(args.n), "--output-len", str(args.output_len), "--seed", str(args.seed),
+                "-o", str(out / "bench"))
+        loads["after_bench"] = load_average()
+    measured = json.loads(Path(bench).read_text())["runs"]
+    rows = []
+    for rate_text in RATES:
+        rate = math.inf if rate_text == "inf" else float(rate_text)
+        predicted = simulate(profile, args.artifacts, rate, args.n, args.output_len, args.seed)
+        for label in ("shared", "dedicated"):
+            run = next(r for r in measured if r["config"] == label and
+                       (r["rate"] == rate or (math.isinf(rate) and r["rate"] in ("inf", "Infinity", None)
+                                              or (isinstance(r["rate"], float) and math.isinf(r["rate"])))))
+            sim = predicted[label]
+            row = {"rate": rate_text, "layout": label,
+                   "tok_s": (run["output_token_throughput"], sim.output_token_throughput),
+                   "tpot_p50": (run["tpot"]["p50"], sim.tpot["p50"]),
+                   "ttft_p50": (run["ttft"]["p50"], sim.ttft["p50"])}
+            rows.append(row)
+    print(f"\nprofile {profile} · bench {bench} · load averages {loads}")
+    header = (f"{'rate':>5} {'layout':>10} | {'tok/s meas':>10} {'pred':>7} {'err':>7} | {'TPOT p50 meas':>13} "
+              f"{'pred':>7} {'err':>7} | {'TTFT p50 meas':>13} {'pred':>7} {'err':>7}")
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        cells = []
+        for key, scale in (("tok_s", 1), ("tpot_p50", 1e3), ("ttft_p50", 1e3)):
+            measured_value, predicted_value = row[key]
+            error = (predicted_value - measured_value) / measured_value * 100
+            row[f"{key}_error_pct"] = error
+            width = 10 if key == "tok_s" else 13
+            cells.append(f"{measured_value * scale:>{width}.1f} {predicted_value * scale:>7.1f} {error:>+6.1f}%")
+        print(f"{row['rate']:>5} {row['layout']:>10} | " + " | ".join(cells))
+    within = [abs(r["tok_s_error_pct"]) <= 15 and abs(r["tpot_p50_error_pct"]) <= 15 for r in rows]
+    print(f"\nwithin 15 % on tok/s and TPOT p50: {sum(within)}/{len(within)} rows (TPOT/TTFT in ms)")
+    result = {"profile": profile, "bench": bench, "load_averages": loads, "rows": rows,
+              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    (out / "validate.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out / 'validate.json'}")
+
+
+if __name__ == "__main__":
+    main()
