@@ -35,7 +35,7 @@ class Fixed:
     def prefill(self, rows):
         return self.prefill_s
 
-    def decode(self, contexts):
+    def decode(self, batch, context_tokens):
         return self.step_s
 
     def kv_capacity(self, halves, *, decode=True):
@@ -140,9 +140,9 @@ def test_roofline_matches_hand_arithmetic():
     assert shape.params == pytest.approx(8.03e9, rel=0.01)
     assert shape.kv_bytes_per_token() == 2 * 32 * 8 * 128 * 2  # 128 KiB
     weights = shape.params * 2
-    one = roof.decode([1])  # batch 1: memory-bound, the weights once
+    one = roof.decode(1, 1)  # batch 1: memory-bound, the weights once
     assert one == pytest.approx((weights + 2 * shape.kv_bytes_per_token()) / (3.35e12 * 0.8), rel=1e-6)
-    assert roof.quantized(4).decode([1024] * 32) < 0.6 * roof.decode([1024] * 32)
+    assert roof.quantized(4).decode(32, 32 * 1024) < 0.6 * roof.decode(32, 32 * 1024)
     assert roof.prefill([(2048, 0)]) > 4 * roof.prefill([(256, 0)])  # compute-bound: grows with tokens
     assert roof.kv_capacity(1) == int((80e9 * 0.9 - weights) / shape.kv_bytes_per_token())
 

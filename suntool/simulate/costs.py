@@ -4,7 +4,8 @@ Both cost models answer the same questions for the simulator:
 
 - `prefill(rows)`: seconds of one prefill forward over a batch, `rows` holding per prompt
   (new tokens, tokens already cached by a prefix hit);
-- `decode(contexts)`: seconds of one decode forward over sequences with these contexts;
+- `decode(batch, context_tokens)`: seconds of one decode forward over `batch` sequences
+  whose contexts sum to `context_tokens`;
 - `kv_capacity(halves)`: KV tokens a decode instance holds next to `halves` model halves
   (None: unbounded); `transfer(tokens)`: seconds to move a prompt's K/V to decode.
 
@@ -72,11 +73,10 @@ class Roofline:
         nbytes = self.weight_bytes(decode=False) + kv * sum(n + c for n, c in rows)
         return self._time(flops, nbytes)
 
-    def decode(self, contexts: list[int]) -> float:
+    def decode(self, batch: int, context_tokens: int) -> float:
         m, kv = self.model, self.model.kv_bytes_per_token()
-        batch = len(contexts)
-        flops = 2 * (m.layer_params + m.head_params) * batch + self._attention_flops(1, sum(contexts))
-        nbytes = self.weight_bytes(decode=True) + kv * (sum(contexts) + batch)
+        flops = 2 * (m.layer_params + m.head_params) * batch + self._attention_flops(1, context_tokens)
+        nbytes = self.weight_bytes(decode=True) + kv * (context_tokens + batch)
         return self._time(flops, nbytes)
 
     def kv_capacity(self, halves: int, *, decode: bool = True) -> int:
@@ -117,8 +117,8 @@ class ProfileCosts:
     def prefill(self, rows: list[tuple[int, int]]) -> float:
         return self.profile.prefill(len(rows) * max(n for n, _ in rows))
 
-    def decode(self, contexts: list[int]) -> float:
-        return self.profile.decode_step(len(contexts), sum(contexts) / len(contexts))
+    def decode(self, batch: int, context_tokens: int) -> float:
+        return self.profile.decode_step(batch, context_tokens / batch)
 
     def kv_capacity(self, halves: int, *, decode: bool = True) -> int | None:
         return self.profile.kv_capacity_tokens

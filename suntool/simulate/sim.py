@@ -41,9 +41,11 @@ from suntool.simulate.workload import SimRequest
 EPS = 1e-12
 
 
-@dataclass
+@dataclass(eq=False)
 class RequestTrace:
     request: SimRequest
+    prompt: int = 0  # copies of the request's lengths, read in the hot loop
+    output: int = 0
     prefill_start: float | None = None
     prefill_end: float | None = None
     decode_start: float | None = None
@@ -52,9 +54,12 @@ class RequestTrace:
     generated: int = 0
     prefix_hit: bool = False
 
+    def __post_init__(self) -> None:
+        self.prompt, self.output = self.request.prompt_tokens, self.request.output_tokens
+
     @property
     def done(self) -> bool:
-        return self.generated >= self.request.output_tokens
+        return self.generated >= self.output
 
     @property
     def ttft(self) -> float:
@@ -224,7 +229,7 @@ class _Decode:
 
     def _iteration(self) -> None:
         while self.inbox:
-            need = self.inbox[0].request.prompt_tokens + self.inbox[0].request.output_tokens
+            need = self.inbox[0].prompt + self.inbox[0].output
             if self.capacity is not None and self.reserved + need > self.capacity:
                 break
             trace = self.inbox.popleft()
@@ -240,24 +245,28 @@ class _Decode:
 
     def _forward(self) -> None:
         group = self.plan.pop(0)
-        batch = self.running[group][: self.sim.decode_costs.max_batch]
-        seconds = self.sim.decode_costs.decode([t.context for t in batch])
+        running = self.running[group]
+        batch = running[: self.sim.decode_costs.max_batch]
+        seconds = self.sim.decode_costs.decode(len(batch), sum(t.prompt + t.generated for t in batch))
         self.busy_time += seconds
         self.sim.batches.append(len(batch))
         self.host.run(seconds, lambda: self._done(group, batch))
 
     def _done(self, group: int, batch: list[RequestTrace]) -> None:
-        now = self.sim.loop.now
+        now, finished = self.sim.loop.now, False
         for trace in batch:
-            trace.generated += 1
-            if trace.first_token is None:
+            generated = trace.generated = trace.generated + 1
+            if generated == 1:
                 trace.first_token = now
-            trace.last_token = now
-            if trace.done:
-                self.reserved -= trace.request.prompt_tokens + trace.request.output_tokens
-        stepped = set(map(id, batch))
+            if generated >= trace.output:
+                trace.last_token = now
+                finished = True
+                self.reserved -= trace.prompt + trace.output
         running = self.running[group]
-        self.running[group] = [t for t in running if id(t) not in stepped] + [t for t in batch if not t.done]
+        if finished or len(running) > len(batch):  # drop the finished; round-robin when more run than fit
+            stepped = set(map(id, batch))
+            self.running[group] = [t for t in running if id(t) not in stepped] + [
+                t for t in batch if t.generated < t.output]
         if self.plan:
             self._forward()
         else:
