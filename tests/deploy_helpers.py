@@ -82,3 +82,25 @@ def prompt_length(artifact: Path, prompt: str) -> int:
 
 def count_matches(pattern: str, text: str) -> int:
     return len(re.findall(pattern, text))
+
+
+def assert_same_answer(choice: dict, ref, where=None) -> None:
+    """The router's answer is `suntool generate`'s: the same greedy tokens, finish reason and text.
+
+    Random tiny models emit byte-level tokens that can end inside a UTF-8 character: suntool
+    flushes it as U+FFFD at the end, vLLM's detokenizer holds it back; only that tail may differ.
+    """
+    if choice.get("token_ids") is not None:
+        assert list(choice["token_ids"]) == list(ref.tokens), where
+    text = choice["text"] if "text" in choice else choice["message"]["content"]
+    assert text == ref.text or (ref.text.endswith("\ufffd") and text == ref.text.rstrip("\ufffd")), (where, text)
+    if choice.get("finish_reason") is not None:
+        assert choice["finish_reason"] == ref.finish_reason, where
+
+
+def stream_answer(chunks: list[dict]) -> dict:
+    """One choice dict from a completions stream's chunks (text and token ids concatenated)."""
+    text = "".join(c["choices"][0]["text"] for c in chunks if c.get("choices"))
+    tokens = [t for c in chunks if c.get("choices") for t in (c["choices"][0].get("token_ids") or [])]
+    finish = [c["choices"][0].get("finish_reason") for c in chunks if c.get("choices")][-1]
+    return {"text": text, "token_ids": tokens, "finish_reason": finish}
