@@ -143,7 +143,7 @@ def _print_results(results, config) -> None:
     ratios = ratios_over_dedicated(results)
     table = Table(title=_describe(config), title_justify="left")
     for name in ("layout", "devices P+D", "out tok/s", "tok/s/dev", "TTFT p50/p99 (ms)", "TPOT p50/p99 (ms)",
-                 "SLO met", "KV peak", "batch", "needed P+D", "per dev @SLO", "× dedicated"):
+                 "SLO met", "KV peak", "batch", "needed P+D", "TPOT p50 there", "per dev @SLO", "× dedicated"):
         table.add_column(name, justify="left" if name == "layout" else "right")
     for r in results:
         s = r.summary
@@ -155,7 +155,8 @@ def _print_results(results, config) -> None:
             f"{s.throughput_per_device:.1f}", f"{_ms(s.ttft['p50'])} / {_ms(s.ttft['p99'])}",
             f"{_ms(s.tpot['p50'])} / {_ms(s.tpot['p99'])}",
             f"{s.slo_attainment:.0%}" if config.slo.given else "–", f"{s.kv_peak:.0%}", f"{s.mean_decode_batch:.1f}",
-            needed, f"{per_device(r):.1f}", f"×{ratios[r.layout]:.2f}" if r.layout in ratios else "–",
+            needed, _ms(r.at_needed.tpot["p50"]) if r.at_needed else "–", f"{per_device(r):.1f}",
+            f"×{ratios[r.layout]:.2f}" if r.layout in ratios else "–",
         )
     print_wide(table)
     for r in results:

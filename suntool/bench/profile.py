@@ -12,7 +12,8 @@ through its public API only (`Engine.from_artifacts`, `EngineConfig`, `submit`,
   of P tokens and one output token; the time to that token minus one decode step at
   (B, P) measured above is the prefill forward.
 
-Each point is the median of `repeats`. The profile (format in `suntool.simulate.profile`)
+A decode point is the median of its step gaps (one run); a prefill point the median of
+`repeats` runs. The profile (format in `suntool.simulate.profile`)
 also records the engine settings the costs were measured under (max batch, prefill
 token budget, torch threads per worker, KV capacity) and the host (cores, CPU flags),
 and is written atomically. `suntool simulate --profile PATH` reads it.
@@ -95,19 +96,20 @@ def _run(engine, prompts: list[list[int]], max_tokens: int) -> tuple[float, list
     return start, recorders
 
 
-def _prompts(rng: random.Random, count: int, length: int) -> list[list[int]]:
-    return [[rng.randrange(100, 5000) for _ in range(length)] for _ in range(count)]
+def _prompts(rng: random.Random, count: int, length: int, vocab: int = 5000) -> list[list[int]]:
+    low = min(100, vocab // 4)
+    return [[rng.randrange(low, min(5000, vocab)) for _ in range(length)] for _ in range(count)]
 
 
-def _decode_step(engine, rng, batch: int, context: int, steps: int) -> float:
-    _, recorders = _run(engine, _prompts(rng, batch, context), steps)
+def _decode_step(engine, rng, batch: int, context: int, steps: int, vocab: int) -> float:
+    _, recorders = _run(engine, _prompts(rng, batch, context, vocab), steps)
     firsts = [r.times[0][0] for r in recorders]
     lasts = [r.times[-1][0] for r in recorders]
     t_a, t_b = max(firsts), min(lasts)
     first_done = recorders[lasts.index(t_b)]
     window = [(t, n) for t, n in first_done.times if t_a <= t <= t_b]
     gaps = [(t1 - t0) / n1 for (t0, _), (t1, n1) in zip(window, window[1:], strict=False)]
-    if len(gaps) < 2:
+    if not gaps:
         raise SuntoolError(f"batch {batch} never decoded together; raise the decode steps or lower --max-batch")
     return statistics.median(gaps)  # the median step: robust to a stall caused by other jobs on the machine
 
@@ -122,16 +124,18 @@ def measure_profile(config: ProfileConfig, say: Say | None = None) -> dict:
     engine_config = EngineConfig(decode_workers=config.decode_workers, torch_threads=config.torch_threads,
                                  dtype=config.dtype, **config.serve_args)
     say(f"loading {config.artifacts[0]} into the local engine")
+    from suntool.simulate.modelcfg import model_shape
+
+    vocab = model_shape(config.artifacts[0]).vocab  # random prompt ids stay inside the vocabulary
     engine = Engine.from_artifacts([config.artifacts[0]], names=[NAME], config=engine_config)
     rng = random.Random(0)
     try:
-        _run(engine, _prompts(rng, 2, 16), 4)  # warm-up
+        _run(engine, _prompts(rng, 2, 16, vocab), 4)  # warm-up
         grid = []
         for batch in config.batch_sizes:
             row = []
             for context in config.contexts:
-                times = [_decode_step(engine, rng, batch, context, config.decode_steps) for _ in range(config.repeats)]
-                row.append(statistics.median(times))
+                row.append(_decode_step(engine, rng, batch, context, config.decode_steps, vocab))
                 say(f"decode batch {batch:>3} context {context:>5}: {row[-1] * 1e3:.1f} ms/step")
             grid.append(row)
 
@@ -147,7 +151,7 @@ def measure_profile(config: ProfileConfig, say: Say | None = None) -> dict:
         for batch, tokens in shapes:
             times = []
             for _ in range(config.repeats):
-                start, recorders = _run(engine, _prompts(rng, batch, tokens), 1)
+                start, recorders = _run(engine, _prompts(rng, batch, tokens, vocab), 1)
                 times.append(max(r.times[-1][0] for r in recorders) - start)
             seconds = max(statistics.median(times) - step(batch, tokens), 1e-5)
             points.append({"batch": batch, "prompt_tokens": tokens, "seconds": seconds})

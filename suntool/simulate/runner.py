@@ -85,13 +85,15 @@ class LayoutResult:
     goodput_per_device: float | None = None
     devices_needed: tuple[int, int] | None = None  # (prefill, decode)
     throughput_per_needed_device: float | None = None  # output tokens/s per device at the rate, SLOs met
+    at_needed: SimSummary | None = None  # the run with the devices needed
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"layout": self.layout, "prefill_devices": self.prefill_devices, "decode_devices": self.decode_devices,
                 **self.summary.to_dict(), "max_rate": self.max_rate, "goodput_per_device": self.goodput_per_device,
                 "devices_needed": list(self.devices_needed) if self.devices_needed else None,
-                "throughput_per_needed_device": self.throughput_per_needed_device, "notes": self.notes}
+                "throughput_per_needed_device": self.throughput_per_needed_device,
+                "at_needed": self.at_needed.to_dict() if self.at_needed else None, "notes": self.notes}
 
 
 class Costs:
@@ -176,15 +178,17 @@ def max_rate(config: SimConfig, costs: Costs, layout: str, devices: tuple[int, i
     return lo
 
 
-def devices_needed(config: SimConfig, costs: Costs, layout: str, requests: list[SimRequest]) -> tuple[int, int] | None:
-    """The fewest (prefill, decode) devices meeting the SLOs at the workload's rate; None past `max_devices`."""
+def devices_needed(config: SimConfig, costs: Costs, layout: str,
+                   requests: list[SimRequest]) -> tuple[tuple[int, int], SimSummary] | None:
+    """The fewest (prefill, decode) devices meeting the SLOs at the workload's rate, and the run with them;
+    None past `max_devices`."""
     m = config.workload.models
     prefill = 1 if layout == "prefillshare" else m
     decode = 1 if layout in ("sun", "qsun") else m
     while prefill + decode <= config.max_devices:
         summary, outcome = run_layout(config, costs, layout, requests, (prefill, decode))
         if summary.slo_attainment >= ATTAINMENT:
-            return prefill, decode
+            return (prefill, decode), summary
         missed = [t for t in outcome.traces if not config.slo.met(t.ttft, t.tpot)]
         in_prefill = sum(t.prefill_end - t.request.arrival for t in missed)
         in_decode = sum(t.last_token - t.prefill_end for t in missed)
@@ -214,8 +218,9 @@ def run_simulation(config: SimConfig, costs: Costs | None = None, say=None) -> l
             result.goodput_per_device = result.max_rate * mean_output / sum(devices)
         if config.slo.given and config.search and costs.host_cores is None and not math.isinf(config.workload.rate):
             say(f"{layout}: searching the devices needed at {config.workload.rate:g} req/s")
-            result.devices_needed = devices_needed(config, costs, layout, steady_requests(config, config.workload.rate))
-            if result.devices_needed:
+            needed = devices_needed(config, costs, layout, steady_requests(config, config.workload.rate))
+            if needed:
+                result.devices_needed, result.at_needed = needed
                 result.throughput_per_needed_device = config.workload.rate * mean_output / sum(result.devices_needed)
         results.append(result)
     return results
