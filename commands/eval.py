@@ -24,8 +24,11 @@ def eval_command(
     dtype: str = typer.Option("float32", help="Load the halves as float32, bfloat16 or float16."),
     include_path: Path = typer.Option(None, "--include-path", help="Extra directory of lm-eval task YAMLs."),
     allow_mismatch: bool = typer.Option(False, "--allow-mismatch"),
+    n_samples: int = typer.Option(1, "--n", help="HumanEval: sample N completions per problem, report pass@k, k<=N."),
+    temperature: float = typer.Option(None, "--temperature", help="Sampling temperature with --n (default 0.8)."),
 ) -> None:
     """Evaluate artifacts with lm-eval (the `suntool` model: prefill half → K/V → decode half)."""
+    from rich.markup import escape
     from rich.table import Table
 
     from suntool.errors import SuntoolError
@@ -36,7 +39,7 @@ def eval_command(
     config = EvalConfig(
         artifacts=tuple(artifacts), tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()), limit=limit,
         num_fewshot=num_fewshot, output=output, log_samples=log_samples, batch_size=batch_size, dtype=dtype,
-        include_path=include_path, allow_mismatch=allow_mismatch,
+        include_path=include_path, allow_mismatch=allow_mismatch, n_samples=n_samples, temperature=temperature,
     )
     with step_progress("evaluating") as say:
         report = run_eval(config, progress=say, on_requests=RequestProgress("eval") if plain_progress() else None)
@@ -44,7 +47,9 @@ def eval_command(
     table.add_column("artifact", no_wrap=True)
     for column in report.columns:
         task, _, metric = column.partition("/")
-        table.add_column(f"{task}\n{metric}", justify="right", no_wrap=True)
+        metric, _, filter_name = metric.partition("[")  # "exact_match[strict-match]": the filter on its own line
+        header = f"{task}\n{metric}" + (f"\n[{filter_name}" if filter_name else "")
+        table.add_column(escape(header), justify="right", no_wrap=True)  # unescaped, rich ate "[strict-match]"
     for name, metrics in report.rows.items():
         table.add_row(name, *(format_metric(metrics.get(column)) for column in report.columns))
     print_wide(table)

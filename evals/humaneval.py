@@ -192,7 +192,10 @@ def keep_all_samples(resps: list[list[str]], docs: list[dict]) -> list[list[str]
 
 def process_results(doc: dict, results: list) -> dict[str, float]:
     """lm-eval hook: `pass@k` over the doc's generations (`results`), k in `K_VALUES` up to their number."""
-    completions = [r if isinstance(r, str) else str(r) for r in (results or [""])]
+    # lm-eval passes one entry per request (one request per doc); with `keep_all_samples` it is the
+    # list of the doc's generations, with lm-eval's default `take_first` filter a single string
+    samples = results[0] if results and isinstance(results[0], (list, tuple)) else (results or [""])
+    completions = [r if isinstance(r, str) else str(r) for r in samples]
     passed = sum(passes(doc, completion) for completion in completions)
     n = len(completions)
     return {f"pass@{k}": pass_at_k(n, passed, k) for k in K_VALUES if k <= n}

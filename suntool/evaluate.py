@@ -9,6 +9,16 @@ offline tasks (`suntool.evals`) and any `--include-path`. It returns an `EvalRep
 writes per-artifact `results.json` (+ samples), `summary.csv`, `summary.md` and the
 `eval.yaml` config. Hub downloads are switched off: a task whose data is not local
 fails with a message saying so.
+
+Real benchmarks read offline (`suntool.evals.humaneval`, `suntool.evals.bfcl`): `humaneval`
+(greedy pass@1; `n_samples` > 1 samples that many completions per problem at `temperature`,
+default 0.8, top-p 0.95, and adds pass@k for k <= n) and the `bfcl_*` tasks (group `bfcl`),
+which are rendered through the model's chat template when it has one (BFCL's system + user
+messages), in a separate lm-eval call from the other tasks. Their data is checked before any
+model loads (missing package or files: the command that fetches them). HumanEval's completions
+run in suntool's sandbox, so lm-eval's `confirm_run_unsafe_code` is given. lm-eval's probe for
+a git commit runs with its stderr silenced (outside a repository it printed `fatal: not a git
+repository`).
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,6 +48,8 @@ class EvalConfig:
     include_path: Path | None = None
     allow_mismatch: bool = False
     seed: int = 1234
+    n_samples: int = 1
+    temperature: float | None = None
 
     def validate(self) -> None:
         if not self.artifacts:
@@ -49,6 +62,12 @@ class EvalConfig:
             raise SuntoolError(f"--num-fewshot must be >= 0, got {self.num_fewshot}")
         if self.batch_size < 1:
             raise SuntoolError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.n_samples < 1:
+            raise SuntoolError(f"--n must be at least 1 (samples per HumanEval problem), got {self.n_samples}")
+        if self.n_samples > 1 and "humaneval" not in self.tasks:
+            raise SuntoolError("--n samples several completions per HumanEval problem: add humaneval to --tasks")
+        if self.temperature is not None and (self.temperature <= 0 or self.n_samples == 1):
+            raise SuntoolError("--temperature needs --n > 1 and a value > 0 (one sample per problem is greedy)")
         if self.include_path is not None and not Path(self.include_path).is_dir():
             raise SuntoolError(f"--include-path {self.include_path} is not a directory of lm-eval task YAMLs")
 
@@ -111,20 +130,78 @@ def check_output_dir(output: Path) -> None:
         raise SuntoolError(f"--output {output} is not writable ({err.strerror}); choose another directory") from err
 
 
-def resolve_tasks(names: tuple[str, ...], include_path: Path | None):
-    """A TaskManager with the bundled tasks, after checking every requested name exists."""
+CHAT_TASKS = ("bfcl", "bfcl_simple", "bfcl_multiple", "bfcl_parallel", "bfcl_parallel_multiple")
+SAMPLING_TEMPERATURE, SAMPLING_TOP_P = 0.8, 0.95
+
+
+def check_task_data(names: tuple[str, ...]) -> None:
+    """SuntoolError (saying what to install or fetch) unless the offline data of every named benchmark is here."""
+    from suntool.evals import bfcl_data, humaneval
+
+    for name in names:
+        if name == "humaneval":
+            humaneval.data_path()
+        elif name == "bfcl":
+            for task in bfcl_data.CATEGORIES:
+                bfcl_data.check_available(task)
+        elif name.startswith("bfcl_"):
+            bfcl_data.check_available(name)
+
+
+def _closest(name: str, known) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
+
+
+def _sampling_overrides(config: EvalConfig) -> Path | None:
+    """A directory with a `humaneval` YAML sampling `n_samples` completions per problem, or None (greedy)."""
+    if config.n_samples == 1:
+        return None
+    import tempfile
+
+    import yaml
+
+    from suntool.evals.humaneval import STOP_STRINGS
+    from suntool.evals.registry import session_tasks_dir
+
+    directory = Path(tempfile.mkdtemp(prefix="suntool-eval-overrides-", dir=session_tasks_dir()))
+    override = {
+        "include": str(session_tasks_dir() / "humaneval.yaml"),
+        "task": "humaneval",
+        "repeats": config.n_samples,
+        "generation_kwargs": {
+            "until": list(STOP_STRINGS), "max_gen_toks": 512, "do_sample": True,
+            "temperature": config.temperature or SAMPLING_TEMPERATURE, "top_p": SAMPLING_TOP_P,
+        },
+    }
+    (directory / "humaneval.yaml").write_text(yaml.safe_dump(override, sort_keys=False))
+    return directory
+
+
+def resolve_tasks(names: tuple[str, ...], include_path: Path | None, overrides: Path | None = None):
+    """A TaskManager with the bundled tasks, after checking every requested name exists and its data is here."""
+    from suntool.evals import bfcl_data
     from suntool.evals.registry import bundled_task_names, task_manager
 
-    manager = task_manager(include_path, include_defaults=False)  # bundled + --include-path: fast
+    extra = [p for p in (include_path, overrides) if p is not None]
+    manager = task_manager(extra or None, include_defaults=False)  # bundled + --include-path: fast
     unknown = [name for name in names if name not in set(manager.all_tasks)]
     if not unknown:
+        check_task_data(names)
         return manager
+    for name in unknown:
+        if name.startswith("bfcl_"):
+            bfcl_data.category_of(name)  # an unknown BFCL category: says which ones exist
     catalogue = set(task_manager(include_path, include_defaults=True).all_tasks)
     needs_download = [name for name in unknown if name in catalogue]
     missing = [name for name in unknown if name not in catalogue]
     if missing:
+        known = set(manager.all_tasks)
+        hints = "; ".join(f"{name}{_closest(name, known) or _closest(name, catalogue)}" for name in missing)
         raise SuntoolError(
-            f"unknown task(s) {', '.join(missing)}; bundled offline tasks: {', '.join(bundled_task_names())}"
+            f"unknown task(s) {hints}; bundled offline tasks: {', '.join(bundled_task_names())}"
         )
     raise SuntoolError(
         f"lm-eval task(s) {', '.join(needs_download)} read their data from the Hugging Face hub, which is not "
@@ -184,7 +261,7 @@ def run_eval(config: EvalConfig, progress: Progress | None = None, on_requests=N
         check_output_dir(Path(config.output))
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    manager = resolve_tasks(config.tasks, config.include_path)
+    manager = resolve_tasks(config.tasks, config.include_path, _sampling_overrides(config))
 
     import lm_eval
 
@@ -197,24 +274,34 @@ def run_eval(config: EvalConfig, progress: Progress | None = None, on_requests=N
             artifact=spec, dtype=config.dtype, batch_size=config.batch_size, allow_mismatch=config.allow_mismatch
         )
         model.on_requests = on_requests
-        try:
-            results = lm_eval.simple_evaluate(
-                model=model,
-                tasks=list(config.tasks),
-                num_fewshot=config.num_fewshot,
-                limit=config.limit,
-                task_manager=manager,
-                log_samples=config.log_samples,
-                random_seed=config.seed,
-                numpy_random_seed=config.seed,
-                torch_random_seed=config.seed,
-                fewshot_random_seed=config.seed,
-            )
-        except (ConnectionError, OSError) as err:
-            raise SuntoolError(
-                f"a task's data is not available offline ({err}); bundled tasks work offline — for other "
-                "lm-eval tasks download their data elsewhere and point --include-path at YAMLs that read it locally"
-            ) from err
+        chat = [t for t in config.tasks if t in CHAT_TASKS] if getattr(model.tokenizer, "chat_template", None) else []
+        plain = [t for t in config.tasks if t not in chat]
+        results: dict = {}
+        for tasks, apply_chat_template in ((plain, False), (chat, True)):
+            if not tasks:
+                continue
+            try:
+                with _quiet_lm_eval():
+                    part = lm_eval.simple_evaluate(
+                        model=model,
+                        tasks=tasks,
+                        num_fewshot=config.num_fewshot,
+                        limit=config.limit,
+                        task_manager=manager,
+                        log_samples=config.log_samples,
+                        apply_chat_template=apply_chat_template,
+                        confirm_run_unsafe_code=True,  # humaneval runs completions in suntool.evals.sandbox
+                        random_seed=config.seed,
+                        numpy_random_seed=config.seed,
+                        torch_random_seed=config.seed,
+                        fewshot_random_seed=config.seed,
+                    )
+            except (ConnectionError, OSError) as err:
+                raise SuntoolError(
+                    f"a task's data is not available offline ({err}); bundled tasks work offline — for other lm-eval "
+                    "tasks download their data elsewhere and point --include-path at YAMLs that read it locally"
+                ) from err
+            results = _merge_results(results, part)
         report.rows[label] = _collect(results)
         report.raw[label] = results
         if config.output is not None:
@@ -222,6 +309,53 @@ def run_eval(config: EvalConfig, progress: Progress | None = None, on_requests=N
     if config.output is not None:
         _write_summary(Path(config.output), report, config)
     return report
+
+
+def _merge_results(into: dict, part: dict) -> dict:
+    """lm-eval results of two calls as one: per-task dicts merged, other fields from the first call."""
+    merged = dict(into)
+    for key, value in part.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        elif key not in merged:
+            merged[key] = value
+    return merged
+
+
+class _DropCustomKwargsNotice:
+    """A logging filter dropping lm-eval's notice, for every task with a custom loader, about `--metadata`."""
+
+    def filter(self, record) -> bool:
+        return "Custom kwargs can be passed" not in record.getMessage()
+
+
+@contextmanager
+def _quiet_lm_eval():
+    """lm-eval without two noises: its `git describe` probe's `fatal: not a git repository` on stderr
+    (the probe runs with stderr silenced; its answer is unchanged) and the custom-loader notice."""
+    import logging
+    import subprocess
+
+    import lm_eval.evaluator
+    import lm_eval.loggers.utils as logger_utils
+
+    def git_commit_hash():
+        try:
+            output = subprocess.check_output(["git", "describe", "--always"], stderr=subprocess.DEVNULL)  # noqa: S607
+            return output.strip().decode()
+        except (subprocess.CalledProcessError, FileNotFoundError):
+            return logger_utils.get_commit_from_path(os.getcwd())
+
+    saved = lm_eval.evaluator.get_git_commit_hash, logger_utils.get_git_commit_hash
+    notice = _DropCustomKwargsNotice()
+    task_logger = logging.getLogger("lm_eval.api.task")
+    lm_eval.evaluator.get_git_commit_hash = logger_utils.get_git_commit_hash = git_commit_hash
+    task_logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        lm_eval.evaluator.get_git_commit_hash, logger_utils.get_git_commit_hash = saved
+        task_logger.removeFilter(notice)
 
 
 def _write_artifact_results(directory: Path, results: dict, log_samples: bool) -> None:

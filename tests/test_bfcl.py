@@ -135,6 +135,29 @@ CASES = [
 ]  # fmt: skip
 
 
+def _first_allowed(value):
+    """An answer's dict {key: [allowed...]} (or a list of such) as one concrete value."""
+    if isinstance(value, dict):
+        return {k: _first_allowed(next(v for v in vs if v != "")) for k, vs in value.items() if vs != [""]}
+    if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+        return [_first_allowed(item) for item in value]
+    return value
+
+
+def gold_call(ground_truth: list, spoil: bool = False) -> str:
+    """A call string for a BFCL answer: every answer parameter that has a value, given its first allowed
+    value (what BFCL accepts, but for a few inconsistent entries); `spoil` replaces the first one by 'zzz'."""
+    calls = []
+    for call in ground_truth:
+        ((name, params),) = call.items()
+        args = [f"{key}={_first_allowed(next(v for v in values if v != ''))!r}"
+                for key, values in params.items() if any(v != "" for v in values)]  # fmt: skip
+        if spoil and args and not calls:
+            args[0] = args[0].split("=", 1)[0] + "='zzz'"
+        calls.append(f"{name}({', '.join(args)})")
+    return "[" + ", ".join(calls) + "]"
+
+
 @pytest.mark.parametrize("category, functions, ground_truth, output, valid", CASES)
 def test_hand_made_verdicts(category, functions, ground_truth, output, valid):
     assert bfcl_ast.verdict(output, functions, ground_truth, category)[0] is valid
@@ -230,3 +253,15 @@ def test_the_fetched_data_has_every_question_and_answer():
             offered = {f["name"] for f in json.loads(doc["functions"])}
             assert {next(iter(call)) for call in json.loads(doc["ground_truth"])} <= offered
             assert doc["question"] and "Here is a list of functions in json format" in doc["system_prompt"]
+
+
+def test_right_answers_to_the_real_questions_pass_and_spoiled_ones_fail():
+    rejected = []
+    for name in bfcl_data.CATEGORIES:
+        for doc in bfcl.load_docs(name):
+            truth = json.loads(doc["ground_truth"])
+            if bfcl.score(gold_call(truth), doc) == 0.0:
+                rejected.append(doc["id"])
+            assert bfcl.score(gold_call(truth, spoil=True), doc) == 0.0, doc["id"]
+    # two answers BFCL's own checker rejects too (their answer does not fit their function doc)
+    assert rejected == ["parallel_multiple_12", "parallel_multiple_26"]

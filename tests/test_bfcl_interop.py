@@ -71,3 +71,23 @@ def test_system_prompt_equals_bfcl_default(functions):
     messages = system_prompt_pre_processing_chat_model(copy.deepcopy(entry["question"][0]), functions, entry["id"])
     doc = bfcl.build_doc(entry, "bfcl_simple")
     assert messages == [{"role": "system", "content": doc["system_prompt"]}, {"role": "user", "content": "5!?"}]
+
+
+@pytest.mark.parametrize("task", ["bfcl_simple", "bfcl_multiple", "bfcl_parallel", "bfcl_parallel_multiple"])
+def test_verdicts_on_the_real_data_equal_bfcl_checker(task):
+    """Every real question, answered right (the answer's first allowed values) and wrong (one value
+    changed, one call dropped): the same verdict from both checkers."""
+    import json
+
+    from tests.test_bfcl import gold_call
+
+    model = _prompting_model_name()
+    docs = bfcl.load_docs(task)
+    for doc in docs:
+        functions, truth, category = json.loads(doc["functions"]), json.loads(doc["ground_truth"]), doc["category"]
+        right = gold_call(truth)
+        wrong = (gold_call(truth, spoil=True), gold_call(truth[:-1]), right.replace("(", "_x(", 1), right + right)
+        for output in (right, *wrong):
+            assert bfcl_ast.verdict(output, functions, truth, category) == _bfcl_verdict(
+                output, functions, truth, category, model
+            ), (doc["id"], output)

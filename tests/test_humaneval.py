@@ -100,8 +100,8 @@ def test_pass_at_k_is_the_codex_estimator():
 def test_process_results_reports_pass_at_k_up_to_n(problems):
     p = problems[2]
     right, wrong = p["canonical_solution"], "    return 0\n"
-    assert humaneval.process_results(p, [right]) == {"pass@1": 1.0}
-    assert humaneval.process_results(p, [wrong]) == {"pass@1": 0.0}
-    ten = humaneval.process_results(p, [right] * 3 + [wrong] * 7)
+    assert humaneval.process_results(p, [[right]]) == {"pass@1": 1.0}  # lm-eval: [the doc's generations]
+    assert humaneval.process_results(p, [wrong]) == {"pass@1": 0.0}  # lm-eval's default filter: [first one]
+    ten = humaneval.process_results(p, [[right] * 3 + [wrong] * 7])
     assert set(ten) == {"pass@1", "pass@10"}
     assert ten["pass@1"] == pytest.approx(0.3) and ten["pass@10"] == 1.0
