@@ -14,7 +14,8 @@ What both scripts share, and nothing else:
 - `VllmServer`: starts it (own process group, log file), waits for `/health`, stops it with
   SIGTERM (SIGKILL after 60 s). A server that exits or never gets healthy raises
   `VllmStartError` carrying the tail of its log, so a caller can report vLLM's exact error.
-  `running(launches, ...)` starts several at once and stops all of them.
+  `running(launches, ...)` starts several at once and stops all of them; `available_memory_gib()`
+  lets a caller warn before starting more servers than fit.
 
 The scripts run as `python benchmarks/<script>.py`, so this module is imported by name.
 """
@@ -73,6 +74,15 @@ def cpu_summary(flags: set[str] | None = None) -> str:
                 break
     shown = " ".join(f if f in flags else f"no-{f}" for f in SHOWN_FLAGS)
     return f"CPU {model or 'unknown'} · {os.cpu_count()} logical CPUs · {shown} · best dtype {best_cpu_dtype(flags)}"
+
+
+def available_memory_gib() -> float | None:
+    """MemAvailable from /proc/meminfo in GiB (None where unreadable)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2**20
+    return None
 
 
 def iomp_library(vllm_python: str | Path) -> Path | None:

@@ -84,6 +84,8 @@ def parse(argv=None):
     parser.add_argument("--kv-cache-gib", type=int, default=1, help="VLLM_CPU_KVCACHE_SPACE of every vLLM server")
     parser.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--vllm-arg", action="append", default=[], help="extra flag for every vLLM server")
+    parser.add_argument("--vllm-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra environment variable for every vLLM server")
     parser.add_argument("--serve-arg", action="append", default=[], help="extra `suntool serve` flag")
     parser.add_argument("--start-timeout", type=float, default=1200)
     parser.add_argument("--seed", type=int, default=0)
@@ -182,6 +184,28 @@ def prepare(args) -> dict:
     return paths
 
 
+def _env_pairs(items: list[str]) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--vllm-env wants KEY=VALUE, got {item!r}")
+        pairs.append((key, value))
+    return tuple(pairs)
+
+
+def _warn_memory(launches, kv_cache_gib: int) -> None:
+    """Warn when the servers about to start may not fit (measured: ~3.2 GiB + the KV cache per SmolLM2-135M
+    fp32 server in vLLM's default three processes; ~0.9 GiB less with VLLM_ENABLE_V1_MULTIPROCESSING=0)."""
+    available = vllm_harness.available_memory_gib()
+    lean = all(dict(launch.extra_env).get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0" for launch in launches)
+    needed = len(launches) * ((2.3 if lean else 3.2) + kv_cache_gib)
+    if available is not None and available < needed:
+        print(f"warning: {len(launches)} vLLM server(s) need about {needed:.0f} GiB, {available:.1f} GiB is available; "
+              "if they are killed, free memory or pass --vllm-env VLLM_ENABLE_V1_MULTIPROCESSING=0 (one process "
+              "per server)", flush=True)
+
+
 def _bench(config, say=print) -> tuple[dict | None, str | None]:
     """run_bench, or (None, the error) when the server refuses the load."""
     from suntool.bench.runner import run_bench
@@ -203,7 +227,7 @@ def run_layouts(args, paths: dict, dtype: str) -> dict:
     common = {"rates": rates, "num_requests": args.num_requests, "workload": spec, "models": names}
     vllm_common = {"python": args.vllm_python, "dtype": dtype, "max_model_len": args.max_model_len,
                    "kv_cache_gib": args.kv_cache_gib, "enforce_eager": args.enforce_eager,
-                   "extra_args": tuple(args.vllm_arg)}
+                   "extra_args": tuple(args.vllm_arg), "extra_env": _env_pairs(args.vllm_env)}
     results: dict[str, dict] = {}
     for layout in args.layout or LAYOUTS:
         print(f"\n=== {layout} ===", flush=True)
@@ -220,6 +244,7 @@ def run_layouts(args, paths: dict, dtype: str) -> dict:
             else:
                 launches = [vllm_harness.VllmLaunch(model=path, served_name=name, **vllm_common)
                             for name, path in zip(names, paths["full"], strict=True)]
+            _warn_memory(launches, args.kv_cache_gib)
             try:
                 with vllm_harness.running(launches, out, timeout=args.start_timeout) as servers:
                     if layout == "vllm-lora":

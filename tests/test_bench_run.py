@@ -142,6 +142,8 @@ def test_one_server_per_model_routes_each_model_and_checks_it_is_served(artifact
     [
         (["bench", "http://127.0.0.1:9", "--compare"], "--compare"),
         (["bench", "http://127.0.0.1:9", "--workload", "pareto"], "--workload"),
+        (["bench", "http://127.0.0.1:9", "--workload", "agents:0"], "K >= 1"),
+        (["bench", "http://127.0.0.1:9", "--workload", "agents:2:both"], "pipeline (in turn) or parallel"),
         (["bench", "http://127.0.0.1:9", "--rate", "fast"], "--rate"),
         (["bench", "http://127.0.0.1:9", "-n", "3"], "cannot reach"),
     ],
