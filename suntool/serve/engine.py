@@ -19,6 +19,7 @@ handoff is a copy into a shared tensor pool instead of an IPC transfer.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -70,7 +71,8 @@ class EngineConfig:
     dtype: str | None = None  # None: float32 on CPU (bf16 matmuls are slow there), the checkpoint's elsewhere
     device: str = "cpu"
     allow_mismatch: bool = False
-    torch_threads: int | None = None  # intra-op threads per engine thread; None: cpu_count // (decode_workers + 1)
+    torch_threads: int | None = None  # intra-op threads per busy engine thread; None: cores // busy threads
+    compact: bool = True  # run supported halves through suntool.serve.runner (False: transformers' modules)
 
     def validate(self) -> None:
         checks = [
@@ -130,6 +132,7 @@ class PrefillGroup:
     pad_token_id: int
     prefix_cache: bool
     models: tuple[str, ...]
+    runner: Any = None  # suntool.serve.runner.CompactLM, or None: transformers runs the model
     worker: Any = None
 
     def prefill_end(self, seq: Sequence) -> int:
@@ -144,6 +147,7 @@ class DecodeGroup:
     key: str
     model: Any
     models: tuple[str, ...]
+    runner: Any = None  # suntool.serve.runner.CompactLM, or None: transformers runs the model
     workers: list = field(default_factory=list)
 
 
@@ -170,19 +174,34 @@ class ServedModel:
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def forward_paged(pool, model, seq: Sequence, start: int, end: int):
-    """Run tokens[start:end] of one sequence over its cached history; their K/V land in its blocks."""
+def forward_tokens(pool, group, seq: Sequence, start: int, end: int):
+    """Run tokens[start:end] of one sequence over its cached history with `group`'s half (a prefill or
+    decode group); their K/V land in its blocks. Returns the last token's logits [1, V]."""
     import torch
+
+    if group.runner is not None:
+        from suntool.serve.runner import extend_input
+
+        return group.runner.forward(pool, extend_input(pool, [(seq, start, end)], logits=True))
 
     from suntool.handoff import forward_with_cache
 
+    model = group.model
     tokens = seq.tokens[start:end]
     history = pool.history_slots([seq.block_table], [start])
     new_slots = pool.slots([seq.block_table], [start], end - start)
     device = model.device
     ids = torch.tensor([tokens], dtype=torch.long, device=device)
     mask = torch.ones((1, end), dtype=torch.long, device=device)
-    return forward_with_cache(model, ids, mask, pool.step_cache(history, new_slots))
+    return forward_with_cache(model, ids, mask, pool.step_cache(history, new_slots))[:, -1]
+
+
+def _usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def _has_sliding_layers(model) -> bool:
@@ -210,13 +229,17 @@ class Engine:
         config.validate()
         self.config, self.loaded, self.observer = config, loaded, observer or EngineObserver()
         from suntool.kernel_path import enable_kernels, keep_only_cpu_int4_packs
+        from suntool.serve.runner import CompactLM
 
+        runners: dict[int, Any] = {}
         for model in loaded.weights.values():  # norms, rotary, decode attention, w4a16 via suntool.kernels
             enable_kernels(model, strict=False)
             keep_only_cpu_int4_packs(model)  # bf16 4-bit halves on CPU: hold the int4 pack, not qweight too
+            runners[id(model)] = CompactLM.build(model) if config.compact else None
         plan = loaded.plan
         self.mode, self.share = plan.mode, plan.share
-        self.torch_threads = config.torch_threads or max(1, (os.cpu_count() or 1) // (config.decode_workers + 1))
+        self.cores = _usable_cores()
+        self._busy = 0  # engine threads inside a forward now (see `computing`)
 
         first = loaded.group_model(plan.models[0].decode_group)
         geometry = KVPool.geometry(first.config)
@@ -242,16 +265,17 @@ class Engine:
             if spec.prefill_group not in self.prefill_groups:
                 model = loaded.group_model(spec.prefill_group)
                 self.prefill_groups[spec.prefill_group] = PrefillGroup(
-                    key=spec.prefill_group, model=model, salt=spec.prefill_group,
+                    key=spec.prefill_group, model=model, salt=spec.prefill_group, runner=runners[id(model)],
                     first_token=spec.ref.manifest.handoff.first_token,
                     pad_token_id=tokenizer.pad_token_id or 0,
                     prefix_cache=config.prefix_cache and not _has_sliding_layers(model),
                     models=prefill_spec.models,
                 )
             if spec.decode_group not in self.decode_groups:
+                decode_model = loaded.group_model(spec.decode_group)
                 self.decode_groups[spec.decode_group] = DecodeGroup(
-                    key=spec.decode_group, model=loaded.group_model(spec.decode_group),
-                    models=plan.groups[spec.decode_group].models,
+                    key=spec.decode_group, model=decode_model, models=plan.groups[spec.decode_group].models,
+                    runner=runners[id(decode_model)],
                 )
             prefill, decode = self.prefill_groups[spec.prefill_group], self.decode_groups[spec.decode_group]
             limits = [n for n in (_context_limit(prefill.model), _context_limit(decode.model)) if n]
@@ -369,7 +393,29 @@ class Engine:
         """Per-thread torch setup: intra-op threads are set per OS thread (measured: docs/serving.md)."""
         import torch
 
-        torch.set_num_threads(self.torch_threads)
+        torch.set_num_threads(self.config.torch_threads or 1)
+
+    @contextlib.contextmanager
+    def computing(self):
+        """Around one forward of an engine thread: its intra-op threads share the cores with the other busy ones.
+
+        With `--torch-threads N` every thread uses N. Otherwise a thread alone in a forward takes every
+        core, and k busy threads take cores // k each (never more threads than cores in total: OpenMP
+        teams that oversubscribe the cores collapse, docs/serving.md).
+        """
+        import torch
+
+        with self._lock:
+            self._busy += 1
+            busy = self._busy
+        threads = self.config.torch_threads or max(1, self.cores // busy)
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._busy -= 1
 
     def scheduled(self, seq: Sequence) -> None:
         first = seq.scheduled is None

@@ -116,25 +116,31 @@ class PrefillWorker(threading.Thread):
             batch = [head]
             if self._solo(head):
                 return batch
-            width = head.length
+            width, tokens = head.length, self._new_tokens(head)
             while len(batch) < engine.config.max_batch:
                 with self.cond:
                     if not self.queue:
                         break
                     nxt = self.queue[0]
-                    too_wide = max(width, nxt.length) * (len(batch) + 1) > engine.config.max_prefill_tokens
+                    if self.group.runner is not None:  # packed: the budget counts real tokens, not padding
+                        too_wide = tokens + self._new_tokens(nxt) > engine.config.max_prefill_tokens
+                    else:
+                        too_wide = max(width, nxt.length) * (len(batch) + 1) > engine.config.max_prefill_tokens
                     if nxt.aborted or nxt.output_ids or too_wide or not self._reserve(nxt, wait=False):
                         break
                     if self._solo(nxt):  # a prefix hit: it keeps its blocks and runs alone next
                         break
                     self.queue.popleft()
                 batch.append(nxt)
-                width = max(width, nxt.length)
+                width, tokens = max(width, nxt.length), tokens + self._new_tokens(nxt)
             return batch
 
+    def _new_tokens(self, seq: Sequence) -> int:
+        return self.group.prefill_end(seq) - seq.prefix_hit_tokens
+
     def _solo(self, seq: Sequence) -> bool:
-        """Recomputed sequences and prefix-cache hits run alone through the paged cache."""
-        return bool(seq.output_ids) or seq.prefix_hit_tokens > 0
+        """Recomputed sequences run alone; so do prefix-cache hits unless the compact forward packs them."""
+        return bool(seq.output_ids) or (seq.prefix_hit_tokens > 0 and self.group.runner is None)
 
     def _reserve(self, seq: Sequence, *, wait: bool) -> bool:
         """Give `seq` its prefix-cache hits and blocks for its cached tokens; wait for blocks if asked."""
@@ -168,10 +174,13 @@ class PrefillWorker(threading.Thread):
         engine = self.engine
         for seq in batch:
             engine.scheduled(seq)
-        if len(batch) == 1 and self._solo(batch[0]):
-            first_logits = self._run_paged(batch[0])
-        else:
-            first_logits = self._run_handoff(batch)
+        with engine.computing():
+            if len(batch) == 1 and self._solo(batch[0]):
+                first_logits = self._run_paged(batch[0])
+            elif self.group.runner is not None:
+                first_logits = self._run_packed(batch)
+            else:
+                first_logits = self._run_handoff(batch)
         for row, seq in enumerate(batch):
             self._register_prefix(seq)
             if seq.aborted:
@@ -210,20 +219,60 @@ class PrefillWorker(threading.Thread):
         pool.write_dynamic_cache(handoff.cache, rows, cached)
         return handoff.first_logits
 
+    def _run_packed(self, batch: list[Sequence]):
+        """New prompts (prefix hits included) through the compact forward, packed, in chunks of the token budget.
+
+        A prompt longer than `max_prefill_tokens` is split across forwards (its later chunks read the
+        earlier ones from its blocks), so no forward grows past the budget. Returns the first-token
+        logits [len(batch), V] under the prefill convention, else None.
+        """
+        import torch
+
+        from suntool.serve.runner import extend_input
+
+        group, pool, budget = self.group, self.engine.pool, self.engine.config.max_prefill_tokens
+        want_logits = group.first_token == "prefill"
+        pieces: list[list[tuple[Sequence, int, int]]] = [[]]
+        room = budget
+        for seq in batch:
+            start, end = seq.prefix_hit_tokens, group.prefill_end(seq)
+            while start < end:
+                if room == 0:
+                    pieces.append([])
+                    room = budget
+                stop = min(end, start + room)
+                pieces[-1].append((seq, start, stop))
+                room -= stop - start
+                start = stop
+            seq.num_cached = end
+            seq.prefix_blocks = end // pool.block_size if group.prefix_cache else 0
+        last_logits: dict[int, torch.Tensor] = {}
+        for piece in pieces:
+            if not piece:
+                continue
+            logits = group.runner.forward(pool, extend_input(pool, piece, logits=want_logits))
+            if logits is not None:
+                for row, (seq, _, stop) in enumerate(piece):
+                    if stop == group.prefill_end(seq):
+                        last_logits[id(seq)] = logits[row]
+        if not want_logits:
+            return None
+        return torch.stack([last_logits[id(seq)] for seq in batch])
+
     def _run_paged(self, seq: Sequence):
         """One sequence through the paged cache: the prompt after its prefix hit, then any catch-up."""
-        from suntool.serve.engine import forward_paged
+        from suntool.serve.engine import forward_tokens
 
         group, first_logits = self.group, None
         start, end = seq.prefix_hit_tokens, group.prefill_end(seq)
         if end > start:
-            logits = forward_paged(self.engine.pool, group.model, seq, start, end)
+            logits = forward_tokens(self.engine.pool, group, seq, start, end)
             if group.first_token == "prefill":
-                first_logits = logits[:, -1]
+                first_logits = logits
         seq.num_cached = end
         seq.prefix_blocks = end // self.engine.pool.block_size if group.prefix_cache else 0
         if seq.length - 1 > end:  # recompute after preemption: the decode half rebuilds the generated tokens' K/V
-            forward_paged(self.engine.pool, seq.model.decode.model, seq, end, seq.length - 1)
+            forward_tokens(self.engine.pool, seq.model.decode, seq, end, seq.length - 1)
         if seq.output_ids:
             seq.num_cached = seq.length - 1
         return first_logits
@@ -335,7 +384,8 @@ class DecodeWorker(threading.Thread):
         if not ready:
             return
         try:
-            tokens = self._forward(group, ready)
+            with engine.computing():
+                tokens = self._forward(group, ready)
         except Exception as err:  # a bug: fail this batch, keep serving
             log.exception("decode step over %d sequences failed", len(ready))
             for seq in ready:
@@ -354,6 +404,10 @@ class DecodeWorker(threading.Thread):
         from suntool.serve.sampling import choose_tokens
 
         pool = self.engine.pool
+        if group.runner is not None:
+            from suntool.serve.runner import decode_input
+
+            return choose_tokens(group.runner.forward(pool, decode_input(pool, ready)), ready)
         tables = [s.block_table for s in ready]
         lengths = [s.num_cached for s in ready]
         history = pool.history_slots(tables, lengths)

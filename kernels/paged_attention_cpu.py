@@ -1,0 +1,217 @@
+"""Paged decode attention on the CPU: a small C kernel (OpenMP), same contract as ``paged_attention``.
+
+Contract: ``paged_attention_cpu(q, k_cache, v_cache, block_tables, seq_lens, scale=None, *,
+sliding_window=None, softcap=None, num_threads=None)`` -> ``[B, Hq, D]``, exactly the arguments of
+`suntool.kernels.paged_attention.paged_attention` (read its docstring: ``q [B, Hq, D]``, caches
+``[num_blocks, block_size, Hkv, D]``, ``block_tables [B, max_blocks]``, ``seq_lens [B]`` including the
+current token, ``sliding_window`` an int or a ``[B]`` tensor, Gemma-2's ``softcap``), for float32 CPU
+tensors. It reads every sequence's keys and values straight from its blocks, once, for all ``G`` query
+heads of a KV head together (GQA), and never materialises a gathered copy: the reason it exists. The
+reference it is tested against is ``paged_attention_ref`` (a gather, then masked softmax attention);
+they agree to fp32 rounding (the kernel sums in a different order).
+
+- ``cpu_kernel_available()`` says whether the kernel can run here: it is compiled once per source and
+  CPU (``gcc -O3 -march=native -fopenmp``, ``$CC`` if set) into ``$XDG_CACHE_HOME/suntool/kernels/``
+  (atomic rename, so concurrent processes never load half a file), then loaded with ``ctypes``. No
+  compiler, a failed build or ``SUNTOOL_CPU_KERNELS=0`` make it False; callers then use the reference.
+- One OpenMP thread team per call, ``num_threads`` (default ``torch.get_num_threads()`` of the calling
+  thread), parallel over (sequence, KV head); each task computes its scores in two passes (scores and
+  max, then exp-sum and the weighted sum of values) in fp32.
+- Inputs are made contiguous (``q``, tables, lengths) as needed; the caches must be contiguous
+  (a pool's per-layer tensor viewed as blocks is). Not differentiable: inference only.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger("suntool.kernels")
+
+_SOURCE = r"""
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+void paged_decode_attention_f32(
+    const float* q, const float* kc, const float* vc, const int64_t* tables, const int64_t* lens,
+    const int64_t* windows, float* out, int batch, int heads, int kv_heads, int dim, int block_size,
+    int max_blocks, float scale, float softcap, int nthreads)
+{
+    const int group = heads / kv_heads;
+    #pragma omp parallel for collapse(2) schedule(dynamic, 1) num_threads(nthreads)
+    for (int b = 0; b < batch; b++) {
+        for (int kh = 0; kh < kv_heads; kh++) {
+            const int64_t len = lens[b];
+            int64_t first = len - windows[b];
+            if (first < 0) first = 0;
+            const int64_t n = len - first;
+            float* scores = (float*)malloc(sizeof(float) * (size_t)(group * (n > 0 ? n : 1)));
+            const float* qb = q + ((int64_t)b * heads + (int64_t)kh * group) * dim;
+            float* ob = out + ((int64_t)b * heads + (int64_t)kh * group) * dim;
+            const int64_t* table = tables + (int64_t)b * max_blocks;
+            float maxs[64];
+            float sums[64];
+            for (int g = 0; g < group && g < 64; g++) { maxs[g] = -INFINITY; sums[g] = 0.0f; }
+            /* walk the window block by block: inside a block, tokens are contiguous (stride kv_heads*dim) */
+            const int64_t stride = (int64_t)kv_heads * dim;
+            for (int64_t pos = first; pos < len;) {
+                const int64_t block = table[pos / block_size];
+                const int64_t offset = pos % block_size;
+                int64_t count = block_size - offset;
+                if (count > len - pos) count = len - pos;
+                const float* k = kc + ((block * block_size + offset) * kv_heads + kh) * dim;
+                for (int64_t i = 0; i < count; i++, k += stride) {
+                    const int64_t t = pos - first + i;
+                    for (int g = 0; g < group; g++) {
+                        const float* qg = qb + (int64_t)g * dim;
+                        float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+                        int d = 0;
+                        for (; d + 8 <= dim; d += 8)
+                            for (int j = 0; j < 8; j++) acc[j] += qg[d + j] * k[d + j];
+                        float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+                        for (; d < dim; d++) s += qg[d] * k[d];
+                        s *= scale;
+                        if (softcap > 0.0f) s = softcap * tanhf(s / softcap);
+                        scores[(int64_t)g * n + t] = s;
+                        if (s > maxs[g]) maxs[g] = s;
+                    }
+                }
+                pos += count;
+            }
+            for (int g = 0; g < group; g++) {
+                float* og = ob + (int64_t)g * dim;
+                for (int d = 0; d < dim; d++) og[d] = 0.0f;
+                float* sg = scores + (int64_t)g * n;
+                float total = 0.0f;
+                for (int64_t t = 0; t < n; t++) { sg[t] = expf(sg[t] - maxs[g]); total += sg[t]; }
+                sums[g] = total;
+            }
+            for (int64_t pos = first; pos < len;) {
+                const int64_t block = table[pos / block_size];
+                const int64_t offset = pos % block_size;
+                int64_t count = block_size - offset;
+                if (count > len - pos) count = len - pos;
+                const float* v = vc + ((block * block_size + offset) * kv_heads + kh) * dim;
+                for (int64_t i = 0; i < count; i++, v += stride) {
+                    const int64_t t = pos - first + i;
+                    for (int g = 0; g < group; g++) {
+                        const float p = scores[(int64_t)g * n + t];
+                        float* og = ob + (int64_t)g * dim;
+                        for (int d = 0; d < dim; d++) og[d] += p * v[d];
+                    }
+                }
+                pos += count;
+            }
+            for (int g = 0; g < group; g++) {
+                float* og = ob + (int64_t)g * dim;
+                const float inv = sums[g] > 0.0f ? 1.0f / sums[g] : 0.0f;
+                for (int d = 0; d < dim; d++) og[d] *= inv;
+            }
+            free(scores);
+        }
+    }
+}
+"""
+
+_MAX_GROUP = 64  # query heads per KV head the kernel's stack arrays hold
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "suntool" / "kernels"
+
+
+def _cpu_signature() -> str:
+    """What -march=native depends on: the CPU model and its flags."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    lines = [line for line in text.splitlines() if line.startswith(("model name", "flags"))]
+    return "\n".join(sorted(set(lines)))
+
+
+def _compile(target: Path) -> None:
+    compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    if compiler is None:
+        raise RuntimeError("no C compiler (gcc/cc) on PATH")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        source = Path(tmp) / "paged_attention_cpu.c"
+        source.write_text(_SOURCE)
+        built = Path(tmp) / target.name
+        command = [compiler, "-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", str(source), "-o", str(built)]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed: {result.stderr.strip()[-500:]}")
+        os.replace(built, target)
+
+
+@functools.cache
+def _library():
+    """The compiled kernel (ctypes), or None when it cannot be built here."""
+    import ctypes
+
+    if os.environ.get("SUNTOOL_CPU_KERNELS", "1") == "0":
+        return None
+    digest = hashlib.sha256((_SOURCE + _cpu_signature()).encode()).hexdigest()[:16]
+    target = _cache_dir() / f"paged_attention_cpu-{digest}.so"
+    try:
+        if not target.exists():
+            _compile(target)
+        library = ctypes.CDLL(str(target))
+    except (OSError, RuntimeError) as err:
+        log.warning("the CPU paged-attention kernel is unavailable (%s); using the torch reference", err)
+        return None
+    function = library.paged_decode_attention_f32
+    pointer, integer = ctypes.c_void_p, ctypes.c_int
+    function.argtypes = [pointer] * 7 + [integer] * 6 + [ctypes.c_float, ctypes.c_float, integer]
+    function.restype = None
+    return function
+
+
+def cpu_kernel_available() -> bool:
+    """True when the compiled kernel loads on this machine (built on first call)."""
+    return _library() is not None
+
+
+def paged_attention_cpu(q, k_cache, v_cache, block_tables, seq_lens, scale=None, *, sliding_window=None,
+                        softcap=None, num_threads=None):
+    """Decode attention of ``q`` [B, Hq, D] over paged fp32 caches; see the module docstring."""
+    import torch
+
+    function = _library()
+    if function is None:
+        raise RuntimeError("the CPU paged-attention kernel is not available here (see cpu_kernel_available)")
+    batch, heads, dim = q.shape
+    _, block_size, kv_heads, _ = k_cache.shape
+    if q.dtype != torch.float32 or k_cache.dtype != torch.float32 or v_cache.dtype != torch.float32:
+        raise TypeError("paged_attention_cpu takes float32 tensors")
+    if heads % kv_heads or heads // kv_heads > _MAX_GROUP:
+        raise ValueError(f"{heads} query heads over {kv_heads} KV heads is not supported")
+    if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
+        raise ValueError("the K/V caches must be contiguous")
+    q = q.contiguous()
+    tables = block_tables.to(torch.int64).contiguous()
+    lens = seq_lens.to(torch.int64).contiguous()
+    if sliding_window is None:
+        windows = lens
+    elif isinstance(sliding_window, int):
+        windows = torch.full_like(lens, sliding_window)
+    else:
+        windows = sliding_window.to(torch.int64).contiguous()
+    out = torch.empty_like(q)
+    if batch == 0:
+        return out
+    function(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), tables.data_ptr(), lens.data_ptr(),
+             windows.data_ptr(), out.data_ptr(), batch, heads, kv_heads, dim, block_size, tables.shape[1],
+             float(dim**-0.5 if scale is None else scale), float(softcap or 0.0),
+             int(num_threads or torch.get_num_threads()))
+    return out

@@ -1,0 +1,373 @@
+"""The engine's own forward over the paged KV pool, for Llama-family halves: `CompactLM`.
+
+    runner = CompactLM.build(model)                  # None: not a supported model, use transformers
+    logits = runner.forward(pool, decode_input(pool, seqs))                 # one token per sequence
+    logits = runner.forward(pool, extend_input(pool, [(seq, start, end)]))  # prompt tokens, packed
+
+Why it exists (measured, docs/performance.md): running transformers' modules through a
+`transformers.Cache` view of the pool costs a gather of every running sequence's history per
+layer per step and pads batched prompts to the longest one. This module is the whole hot path
+of a decode step in one screen, as gpt-fast and nano-vllm write it: the weights of the loaded
+HF model (q/k/v and gate/up fused into one matmul each, the original parameters becoming views
+of the fused tensors, so nothing is held twice), RMSNorm / rotary / SiLU-gated MLP written out
+with transformers' exact op order, new K/V written straight into their pool slots, and
+attention read straight from the blocks:
+
+- decode rows (one query token per sequence): `suntool.kernels.paged_attention_cpu` on fp32 CPU
+  (a C kernel reading the blocks in place), else `suntool.kernels.paged_attention` (Triton on a
+  GPU, the torch reference elsewhere);
+- prompt rows, packed without padding: per sequence, `scaled_dot_product_attention` over its
+  new tokens (causal) and, when it continues cached tokens (a prefix-cache hit, a recompute,
+  a later chunk), its history gathered once from its blocks.
+
+Supported: llama, mistral, qwen2, qwen3, phi3 (biases, Qwen3's q/k norms, partial rotary, rope
+scaling through the model's own rotary module, sliding windows per layer). Anything else
+(Gemma's norms and soft-capping, Affine-Scaled Attention, unknown variants) makes `build`
+return None and the engine runs the model through transformers. `build` also checks itself:
+a short prompt through this forward must match the transformers forward (logits within
+`CHECK_TOLERANCE`), otherwise it returns None and logs why. Quantized projections (suntool's
+QuantLinear) are called as modules, not fused. Inference only.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from suntool.serve.kv_blocks import KVPool
+    from suntool.serve.sequence import Sequence
+
+log = logging.getLogger("suntool.serve")
+
+SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "phi3")
+CHECK_TOLERANCE = 1e-3  # max |logit difference| / max |logit| of the self-check (fp32: ~1e-6 seen)
+
+
+@dataclass
+class PrefillSpan:
+    """Tokens [start, end) of one sequence in a packed step: rows offset .. offset + end - start."""
+
+    offset: int
+    start: int
+    end: int
+    history: torch.Tensor | None  # pool slots of positions 0 .. start-1 (None when start == 0)
+
+
+@dataclass
+class StepInput:
+    """One forward: decode rows first (one token per sequence), then packed prompt spans."""
+
+    token_ids: torch.Tensor  # [T]
+    positions: torch.Tensor  # [T]
+    write_slots: torch.Tensor  # [T] pool slot of each token's K/V
+    decode_rows: int
+    block_tables: torch.Tensor | None  # [decode_rows, max_blocks]
+    seq_lens: torch.Tensor | None  # [decode_rows], the new token included
+    spans: list[PrefillSpan]
+    logit_rows: torch.Tensor | None  # rows whose next-token logits are returned; None: none
+
+
+def decode_input(pool: KVPool, seqs: list[Sequence]) -> StepInput:
+    """The next token of every sequence (K/V of tokens[:num_cached] already in its blocks)."""
+    import torch
+
+    lengths = [seq.num_cached for seq in seqs]
+    width = max(len(seq.block_table) for seq in seqs)
+    tables = torch.zeros(len(seqs), width, dtype=torch.int64)
+    for row, seq in enumerate(seqs):
+        tables[row, : len(seq.block_table)] = torch.tensor(seq.block_table, dtype=torch.int64)
+    positions = torch.tensor(lengths, dtype=torch.int64)
+    bs = pool.block_size
+    slots = tables.gather(1, (positions // bs)[:, None])[:, 0] * bs + positions % bs
+    ids = torch.tensor([seq.tokens[n] for seq, n in zip(seqs, lengths, strict=True)], dtype=torch.int64)
+    device = pool.device
+    return StepInput(
+        token_ids=ids.to(device), positions=positions.to(device), write_slots=slots.to(device),
+        decode_rows=len(seqs), block_tables=tables.to(device), seq_lens=(positions + 1).to(device), spans=[],
+        logit_rows=torch.arange(len(seqs), device=device),
+    )
+
+
+def extend_input(pool: KVPool, spans: list[tuple[Sequence, int, int]], *, logits: bool) -> StepInput:
+    """Tokens[start:end] of each sequence, packed; with `logits`, return each span's last-token logits."""
+    import torch
+
+    ids, positions, slots, packed, last = [], [], [], [], []
+    offset = 0
+    for seq, start, end in spans:
+        tokens = seq.tokens[start:end]
+        ids.append(torch.tensor(tokens, dtype=torch.int64))
+        positions.append(torch.arange(start, end))
+        slots.append(pool.slots([seq.block_table], [start], end - start)[0].cpu())
+        history = pool.slots([seq.block_table], [0], start)[0] if start else None
+        packed.append(PrefillSpan(offset=offset, start=start, end=end, history=history))
+        offset += end - start
+        last.append(offset - 1)
+    device = pool.device
+    return StepInput(
+        token_ids=torch.cat(ids).to(device), positions=torch.cat(positions).to(device),
+        write_slots=torch.cat(slots).to(device), decode_rows=0, block_tables=None, seq_lens=None, spans=packed,
+        logit_rows=torch.tensor(last, device=device) if logits else None,
+    )
+
+
+class _Projection:
+    """One or more linear layers applied to the same input, outputs concatenated (fused when plain)."""
+
+    def __init__(self, modules: list):
+        import torch
+
+        plain = all(type(m) is torch.nn.Linear for m in modules)
+        self.modules, self.weight, self.bias = modules, None, None
+        if not plain:
+            return
+        if len(modules) == 1:
+            self.weight, self.bias = modules[0].weight, modules[0].bias
+            return
+        with torch.no_grad():
+            self.weight = torch.cat([m.weight for m in modules]).contiguous()
+            has_bias = [m.bias is not None for m in modules]
+            if any(has_bias):
+                self.bias = torch.cat([m.bias if m.bias is not None else m.weight.new_zeros(m.out_features)
+                                       for m in modules])
+            offset = 0
+            for m in modules:  # the modules now read the fused storage: no second copy of the weights
+                rows = m.weight.shape[0]
+                m.weight.data = self.weight[offset : offset + rows]
+                if m.bias is not None:
+                    m.bias.data = self.bias[offset : offset + rows]
+                offset += rows
+
+    def __call__(self, x):
+        import torch
+        import torch.nn.functional as F
+
+        if self.weight is not None:
+            return F.linear(x, self.weight, self.bias)
+        return torch.cat([m(x) for m in self.modules], dim=-1)
+
+
+@dataclass
+class _Layer:
+    input_norm: Any
+    qkv: _Projection
+    q_norm: Any
+    k_norm: Any
+    o_proj: Any
+    post_norm: Any
+    gate_up: _Projection
+    down: Any
+    window: int | None
+
+
+def _rms_norm(x, weight, eps: float):
+    """transformers' LlamaRMSNorm, op for op."""
+    import torch
+
+    dtype = x.dtype
+    h = x.to(torch.float32)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(dtype)
+
+
+def _rotate(x, cos, sin):
+    """transformers' apply_rotary_pos_emb on one tensor [T, heads, D]; cos/sin [T, 1, rotary_dim]."""
+    import torch
+
+    rot = cos.shape[-1]
+    x_rot, x_pass = x[..., :rot], x[..., rot:]
+    half = rot // 2
+    rotated = torch.cat((-x_rot[..., half:], x_rot[..., :half]), dim=-1)
+    out = (x_rot * cos) + (rotated * sin)
+    return out if x_pass.shape[-1] == 0 else torch.cat([out, x_pass], dim=-1)
+
+
+def _windows(config, model_type: str, num_layers: int) -> list[int | None]:
+    window = getattr(config, "sliding_window", None)
+    if model_type == "mistral":
+        return [window] * num_layers
+    types = getattr(config, "layer_types", None)
+    if not types or window is None:
+        return [None] * num_layers
+    return [window if kind == "sliding_attention" else None for kind in types]
+
+
+class CompactLM:
+    """A supported causal LM's forward over `KVPool` (see the module docstring)."""
+
+    def __init__(self, model):
+        from transformers.activations import ACT2FN
+
+        config = model.config
+        self.model = model
+        self.model_type = config.model_type
+        self.num_heads = config.num_attention_heads
+        self.kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        self.eps = config.rms_norm_eps
+        self.act = ACT2FN[config.hidden_act]
+        inner = model.model
+        self.embed = inner.embed_tokens
+        self.rotary = inner.rotary_emb
+        self.norm = inner.norm.weight
+        self.lm_head = model.lm_head
+        windows = _windows(config, self.model_type, len(inner.layers))
+        self.layers = []
+        for layer, window in zip(inner.layers, windows, strict=True):
+            attn, mlp = layer.self_attn, layer.mlp
+            qkv = [attn.qkv_proj] if hasattr(attn, "qkv_proj") else [attn.q_proj, attn.k_proj, attn.v_proj]
+            gate_up = [mlp.gate_up_proj] if hasattr(mlp, "gate_up_proj") else [mlp.gate_proj, mlp.up_proj]
+            self.layers.append(_Layer(
+                input_norm=layer.input_layernorm.weight, qkv=_Projection(qkv),
+                q_norm=attn.q_norm.weight if hasattr(attn, "q_norm") else None,
+                k_norm=attn.k_norm.weight if hasattr(attn, "k_norm") else None,
+                o_proj=attn.o_proj, post_norm=layer.post_attention_layernorm.weight, gate_up=_Projection(gate_up),
+                down=mlp.down_proj, window=window,
+            ))
+        self.scale = float(getattr(inner.layers[0].self_attn, "scaling", self.head_dim**-0.5))
+
+    # -- construction ----------------------------------------------------------------------------------------------
+    @classmethod
+    def supports(cls, model) -> str | None:
+        """None when `model` can run here, else why not."""
+        from suntool.affine_attention import is_affine
+
+        config = model.config
+        kind = getattr(config, "model_type", None)
+        if kind not in SUPPORTED:
+            return f"model type {kind!r} (the compact forward covers {', '.join(SUPPORTED)})"
+        if is_affine(config.to_dict()):
+            return "Affine-Scaled Attention"
+        if getattr(config, "pretraining_tp", 1) not in (1, None):
+            return "pretraining_tp > 1"
+        inner = getattr(model, "model", None)
+        if inner is None or not hasattr(inner, "rotary_emb") or not hasattr(model, "lm_head"):
+            return "an unexpected module layout"
+        if model.training:
+            return "a model in training mode"
+        return None
+
+    @classmethod
+    def build(cls, model, *, check: bool = True) -> CompactLM | None:
+        """A runner for `model`, or None (and a log line saying why) when transformers must run it."""
+        reason = cls.supports(model)
+        if reason is None:
+            runner = cls(model)
+            reason = runner.self_check() if check else None
+            if reason is None:
+                return runner
+        log.info("compact forward off for %s: %s; using transformers", type(model).__name__, reason)
+        return None
+
+    def self_check(self, length: int = 6) -> str | None:
+        """Compare a short prompt and one decode step with the transformers forward; None when they agree."""
+        import torch
+
+        from suntool.serve.kv_blocks import KVPool
+        from suntool.serve.sequence import SamplingParams, Sequence
+
+        model = self.model
+        pool = KVPool(**KVPool.geometry(model.config), num_blocks=4, block_size=4, dtype=model.dtype,
+                      device=model.device)
+        generator = torch.Generator().manual_seed(0)
+        vocab = min(model.config.vocab_size, 1000)
+        ids = torch.randint(0, vocab, (length,), generator=generator).tolist()
+        seq = Sequence(model=None, prompt_ids=ids, params=SamplingParams(), sink=lambda event: None)
+        seq.block_table = [2, 3]  # blocks 0/1 are the pool's reserved ones
+        with torch.inference_mode():
+            ours = torch.cat([
+                self.forward(pool, extend_input(pool, [(seq, 0, length - 1)], logits=True)),
+                self.forward(pool, _decode_at(pool, seq, length - 1)),
+            ])
+            reference = model(torch.tensor([ids]), use_cache=False).logits[0, -2:].to(ours.dtype)
+        scale = reference.abs().max().clamp(min=1e-6)
+        error = float((ours - reference).abs().max() / scale)
+        if not error <= CHECK_TOLERANCE:
+            return f"its logits differ from transformers' by {error:.2e} (relative), above {CHECK_TOLERANCE}"
+        return None
+
+    # -- the forward -----------------------------------------------------------------------------------------------
+    def forward(self, pool: KVPool, step: StepInput):
+        """Run one packed step; K/V land in `step.write_slots`; logits [len(logit_rows), V] or None."""
+        h = self.embed(step.token_ids)
+        cos, sin = self.rotary(h[None], step.positions[None])
+        cos, sin = cos[0][:, None, :], sin[0][:, None, :]
+        heads, kv_heads, dim = self.num_heads, self.kv_heads, self.head_dim
+        q_size, kv_size = heads * dim, kv_heads * dim
+        for index, layer in enumerate(self.layers):
+            x = _rms_norm(h, layer.input_norm, self.eps)
+            qkv = layer.qkv(x)
+            q = qkv[:, :q_size].view(-1, heads, dim)
+            k = qkv[:, q_size : q_size + kv_size].view(-1, kv_heads, dim)
+            v = qkv[:, q_size + kv_size :].view(-1, kv_heads, dim)
+            if layer.q_norm is not None:
+                q = _rms_norm(q, layer.q_norm, self.eps)
+                k = _rms_norm(k, layer.k_norm, self.eps)
+            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+            pool.write(index, step.write_slots, k, v)
+            attn = self._attention(pool, index, layer.window, step, q, k, v)
+            h = h + layer.o_proj(attn.reshape(-1, q_size))
+            x = _rms_norm(h, layer.post_norm, self.eps)
+            gate, up = layer.gate_up(x).chunk(2, dim=-1)
+            h = h + layer.down(self.act(gate) * up)
+        if step.logit_rows is None:
+            return None
+        return self.lm_head(_rms_norm(h.index_select(0, step.logit_rows), self.norm, self.eps))
+
+    def _attention(self, pool: KVPool, index: int, window: int | None, step: StepInput, q, k, v):
+        import torch
+
+        out = torch.empty_like(q)
+        rows = step.decode_rows
+        if rows:
+            out[:rows] = self._decode_attention(pool, index, window, step, q[:rows])
+        for span in step.spans:
+            rows_of = slice(span.offset, span.offset + span.end - span.start)
+            out[rows_of] = self._span_attention(pool, index, window, span, q[rows_of], k[rows_of], v[rows_of])
+        return out
+
+    def _decode_attention(self, pool: KVPool, index: int, window: int | None, step: StepInput, q):
+        from suntool.kernels.paged_attention import paged_attention
+        from suntool.kernels.paged_attention_cpu import cpu_kernel_available, paged_attention_cpu
+
+        shape = (pool.num_blocks, pool.block_size, self.kv_heads, self.head_dim)
+        keys, values = pool.keys[index].view(shape), pool.values[index].view(shape)
+        args = (q, keys, values, step.block_tables, step.seq_lens, self.scale)
+        import torch
+
+        if q.device.type == "cpu" and q.dtype == torch.float32 and cpu_kernel_available():
+            return paged_attention_cpu(*args, sliding_window=window)
+        return paged_attention(*args, sliding_window=window, validate=False)
+
+    def _span_attention(self, pool: KVPool, index: int, window: int | None, span: PrefillSpan, q, k, v):
+        import torch
+        import torch.nn.functional as F
+
+        count = span.end - span.start
+        if span.history is not None:
+            k = torch.cat([pool.keys[index].index_select(0, span.history).to(k.dtype), k])
+            v = torch.cat([pool.values[index].index_select(0, span.history).to(v.dtype), v])
+        mask = None
+        if span.start or window is not None:
+            query_pos = torch.arange(span.start, span.end, device=q.device)[:, None]
+            key_pos = torch.arange(span.end, device=q.device)[None, :]
+            mask = key_pos <= query_pos
+            if window is not None:
+                mask &= key_pos > query_pos - window
+        groups = self.num_heads // self.kv_heads
+        if groups > 1:
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        out = F.scaled_dot_product_attention(
+            q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
+            attn_mask=mask, is_causal=mask is None and count > 1, scale=self.scale,
+        )
+        return out[0].transpose(0, 1)
+
+
+def _decode_at(pool: KVPool, seq: Sequence, cached: int) -> StepInput:
+    seq.num_cached = cached
+    return decode_input(pool, [seq])
