@@ -179,7 +179,10 @@ def test_qsun_decode_half_is_loaded_as_gptq(sun_arts, fake_python, tmp_path):
     plan = make_plan(config(arts, tmp_path / "plan", fake_python))
     assert plan.instance("decode-0").quantization == "gptq" and plan.instance("prefill-math").quantization is None
     assert "--quantization" in vllm_argv(plan, plan.instance("decode-0"))
-    assert any("GPTQ" in note for note in plan.notes)
+    assert plan.dtype == "bfloat16"  # vLLM's GPTQ needs it, and both sides of the handoff share one dtype
+    assert any("sym=False" in note for note in plan.notes)  # suntool quantize's default is asymmetric
+    with pytest.raises(SuntoolError, match="--dtype bfloat16"):
+        make_plan(config(arts, tmp_path / "plan", fake_python, dtype="float32"))
 
 
 def test_refusals(sun_arts, ps_arts, llama_dir, fake_python, tmp_path):
@@ -231,3 +234,18 @@ def test_cli_writes_the_plan(sun_arts, fake_python, tmp_path, capsys):
         main(["deploy", "vllm", *map(str, sun_arts), "-o", str(out), "--vllm-python", str(fake_python)])
     assert exit_info.value.code == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_task_halves_with_identical_weights_share_one_instance(llama_dir, fake_python, tmp_path):
+    from suntool.split import SplitConfig, split
+
+    arts = []
+    for name in ("a", "b"):
+        split(SplitConfig(model=str(llama_dir), out=tmp_path / name, mode="sun"))
+        arts.append(tmp_path / name)
+    shared = make_plan(config(arts, tmp_path / "p1", fake_python))
+    assert [i.name for i in shared.instances] == ["prefill-a", "decode-0"]
+    assert shared.model("a").prefill_pool == shared.model("b").prefill_pool == ("prefill-a",)
+    assert shared.model("a").kv_key == shared.model("b").kv_key  # the same weights compute the same K/V
+    dedicated = make_plan(config(arts, tmp_path / "p2", fake_python, share=False))
+    assert [i.name for i in dedicated.instances] == ["prefill-a", "decode-a", "decode-b"]

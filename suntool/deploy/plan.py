@@ -11,7 +11,12 @@ and decides the vLLM instances:
 * **PrefillShare**: the mirror image: a prefill pool of `prefill_instances` producers
   loading the shared prefill half, one consumer per task decode half.
 * `share=False` is the conventional baseline for benchmarks: every task model gets its
-  own prefill and decode instances, even where the halves are the same weights.
+  own decode instance (SUN) or prefill instance (PrefillShare), even where the halves are
+  the same weights.
+
+Task halves with identical weights (same fingerprint and adapter, e.g. artifacts split from
+one base and not yet fine-tuned) share one instance in either layout: they compute the same
+K/V under the same key, so a second instance would only split the batch.
 
 Every model gets a `kv_key` naming the prefill weights that compute its prompt K/V (the
 prefill half's fingerprint, plus the adapter), which the router sends with each request
@@ -228,6 +233,7 @@ def make_plan(config: DeployConfig) -> DeployPlan:
     instances: list[Instance] = []
     group_pool: dict[str, tuple[str, ...]] = {}
     lora_instance: dict[str, str] = {}  # base weights sha256 -> instance name (lora=True)
+    same_weights: dict[tuple, tuple[str, ...]] = {}  # task halves with identical weights share one instance
     port = config.base_port
 
     def add(name: str, half: str, weights, models: tuple[str, ...], kv_key: str | None) -> str:
@@ -262,9 +268,12 @@ def make_plan(config: DeployConfig) -> DeployPlan:
             if base not in lora_instance:
                 lora_instance[base] = add(f"prefill-lora-{len(lora_instance)}", "prefill", group.weights, (), None)
             group_pool[key] = (lora_instance[base],)
+        elif (group.weights.sha256, group.weights.adapter) in same_weights:  # identical task halves: one instance
+            group_pool[key] = same_weights[group.weights.sha256, group.weights.adapter]
         else:
             spec = plan.model(group.models[0])
             group_pool[key] = (add(f"prefill-{spec.name}", "prefill", group.weights, group.models, kv_key_of(spec)),)
+            same_weights[group.weights.sha256, group.weights.adapter] = group_pool[key]
     if lora_instance:  # one instance per base holds every adapter of that base
         merged = []
         for inst in instances:
@@ -281,8 +290,11 @@ def make_plan(config: DeployConfig) -> DeployPlan:
             count = config.decode_instances
             group_pool[key] = tuple(add(f"decode-{i}", "decode", group.weights, group.models, None)
                                     for i in range(count))
+        elif plan.mode == "prefillshare" and (group.weights.sha256, group.weights.adapter) in same_weights:
+            group_pool[key] = same_weights[group.weights.sha256, group.weights.adapter]
         else:
             group_pool[key] = (add(f"decode-{group.models[0]}", "decode", group.weights, group.models, None),)
+            same_weights[group.weights.sha256, group.weights.adapter] = group_pool[key]
 
     by_name = {inst.name: inst for inst in instances}
     routed = []
@@ -303,13 +315,29 @@ def make_plan(config: DeployConfig) -> DeployPlan:
     if config.router_port in ports:
         raise SuntoolError(f"--port {config.router_port} clashes with the instances' ports {ports[0]}..{ports[-1]}; "
                            "choose another --port or --base-port")
-    notes = []
-    if any(inst.quantization for inst in instances) and config.device == "cpu":
-        notes.append("QSUN: the decode half is a 4-bit GPTQ checkpoint; vLLM's CPU build must support GPTQ for "
-                     "the decode instances to start (see docs/deploy.md)")
+    notes, dtype = [], config.dtype
+    quantized = [spec for spec in plan.models if any(spec.ref.manifest.half(h).quantization
+                                                     for h in ("prefill", "decode"))]
+    if quantized:
+        if dtype == "float32":
+            raise SuntoolError(
+                "vLLM runs a GPTQ half only in bfloat16 or float16, and both sides of the K/V handoff must use one "
+                "dtype: deploy these QSUN artifacts with --dtype bfloat16 (or float16)")
+        if dtype == "auto":
+            dtype = "bfloat16"
+            notes.append("QSUN: every instance runs in bfloat16 (vLLM runs GPTQ only in bfloat16/float16, and both "
+                         "sides of the K/V handoff need one dtype)")
+        blocks = [spec.ref.manifest.half(h).quantization for spec in quantized for h in ("prefill", "decode")]
+        asym = [b for b in blocks if b and not b.get("sym", False)]
+        if asym:
+            notes.append(
+                f"QSUN: the 4-bit half is asymmetric GPTQ (sym=false, bits={asym[0].get('bits')}); vLLM 0.32 loads "
+                "GPTQ only symmetric (4 or 8 bits), so its instances will stop at start-up with `Unsupported "
+                "quantization config: bits=4, sym=False` — quantize the shared half symmetric to serve it on vLLM "
+                "(see docs/deploy.md)")
     kv_dir = config.kv_dir or str((Path(config.out) / "kv").absolute())
     return DeployPlan(
-        mode=plan.mode, share=config.share, connector=config.connector, device=config.device, dtype=config.dtype,
+        mode=plan.mode, share=config.share, connector=config.connector, device=config.device, dtype=dtype,
         vllm_python=python, kv_dir=str(Path(kv_dir).absolute()), host=config.host, router_port=config.router_port,
         kv_cache_gib=config.kv_cache_gib, enforce_eager=config.enforce_eager, max_model_len=config.max_model_len,
         vllm_args=tuple(config.vllm_args), instances=tuple(instances), models=tuple(routed), notes=tuple(notes),
