@@ -144,8 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from suntool.artifact import load_artifact
+    from suntool.commands._ui import quiet_transformers
     from suntool.evals.tasks import load_bundled
 
+    quiet_transformers()
     torch.manual_seed(0)
     full = load_artifact(args.full, dtype=args.dtype)
     tokenizer = full.tokenizer
