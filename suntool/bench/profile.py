@@ -9,8 +9,9 @@ through its public API only (`Engine.from_artifacts`, `EngineConfig`, `submit`,
   step time is the median gap between token events while all B sequences decode together
   (from the last sequence's first token to the first sequence's last token);
 - prefill: for every prompt length P (and a few batched points), one (or B) request(s)
-  of P tokens and one output token; the time to that token minus one decode step at
-  (B, P) measured above is the prefill forward.
+  of P tokens and one output token, queued behind a short blocker request so they
+  prefill as one batch; from the end of the blocker's prefill to the batch's first
+  tokens, less one decode step at (B, P) measured above, is the prefill forward.
 
 A decode point is the median of its step gaps (one run); a prefill point the median of
 `repeats` runs. The profile (format in `suntool.simulate.profile`)
@@ -36,6 +37,7 @@ from suntool.errors import SuntoolError
 
 Say = Callable[[str], None]
 NAME = "profiled"
+BLOCKER_TOKENS = 64
 
 
 @dataclass(frozen=True)
@@ -101,8 +103,22 @@ def _prompts(rng: random.Random, count: int, length: int, vocab: int = 5000) -> 
     return [[rng.randrange(low, min(5000, vocab)) for _ in range(length)] for _ in range(count)]
 
 
+def _blocked_run(engine, rng, prompts: list[list[int]], max_tokens: int, vocab: int):
+    """Run `prompts` behind a blocker: a 64-token request that keeps the prefill worker busy while the
+    batch is submitted, so the whole batch is queued when the worker looks and prefills as one batch
+    (the profiling engine's prefill budget holds it) and starts decoding in the same step."""
+    from suntool.serve.sequence import SamplingParams
+
+    blocker = _Recorder()
+    blocker_prompt = _prompts(rng, 1, BLOCKER_TOKENS, vocab)[0]
+    engine.submit(NAME, blocker_prompt, SamplingParams(max_tokens=1, ignore_eos=True), blocker)
+    _, recorders = _run(engine, prompts, max_tokens)
+    blocker.done.wait(600)
+    return blocker, recorders
+
+
 def _decode_step(engine, rng, batch: int, context: int, steps: int, vocab: int) -> float:
-    _, recorders = _run(engine, _prompts(rng, batch, context, vocab), steps)
+    _, recorders = _blocked_run(engine, rng, _prompts(rng, batch, context, vocab), steps, vocab)
     firsts = [r.times[0][0] for r in recorders]
     lasts = [r.times[-1][0] for r in recorders]
     t_a, t_b = max(firsts), min(lasts)
@@ -114,6 +130,15 @@ def _decode_step(engine, rng, batch: int, context: int, steps: int, vocab: int) 
     return statistics.median(gaps)  # the median step: robust to a stall caused by other jobs on the machine
 
 
+def _prefill_time(engine, rng, batch: int, tokens: int, vocab: int, step) -> float:
+    """The batch's prefill starts when the blocker's ends (its token is one batch-1 decode step later)
+    and ends one decode step at (batch, tokens) before the batch's last first token."""
+    blocker, recorders = _blocked_run(engine, rng, _prompts(rng, batch, tokens, vocab), 1, vocab)
+    start = blocker.times[0][0] - step(1, BLOCKER_TOKENS)
+    end = max(r.times[-1][0] for r in recorders) - step(batch, tokens)
+    return max(end - start, 1e-5)
+
+
 def measure_profile(config: ProfileConfig, say: Say | None = None) -> dict:
     """Measure and write the profile; returns its dict (also written to `config.out`)."""
     from suntool.atomic import atomic_write_text
@@ -121,8 +146,11 @@ def measure_profile(config: ProfileConfig, say: Say | None = None) -> dict:
 
     say = say or (lambda _m: None)
     config.validate()
+    defaults = EngineConfig()
+    budget = max(defaults.max_prefill_tokens, config.batch_sizes[-1] * config.contexts[-1])
     engine_config = EngineConfig(decode_workers=config.decode_workers, torch_threads=config.torch_threads,
-                                 dtype=config.dtype, **config.serve_args)
+                                 dtype=config.dtype, max_prefill_tokens=budget,
+                                 max_batch=max(defaults.max_batch, config.batch_sizes[-1]), **config.serve_args)
     say(f"loading {config.artifacts[0]} into the local engine")
     from suntool.simulate.modelcfg import model_shape
 
@@ -149,11 +177,8 @@ def measure_profile(config: ProfileConfig, say: Say | None = None) -> dict:
         points = []
         shapes = [(1, p) for p in config.prefill_tokens] + list(config.prefill_batches)
         for batch, tokens in shapes:
-            times = []
-            for _ in range(config.repeats):
-                start, recorders = _run(engine, _prompts(rng, batch, tokens, vocab), 1)
-                times.append(max(r.times[-1][0] for r in recorders) - start)
-            seconds = max(statistics.median(times) - step(batch, tokens), 1e-5)
+            seconds = statistics.median(
+                [_prefill_time(engine, rng, batch, tokens, vocab, step) for _ in range(config.repeats)])
             points.append({"batch": batch, "prompt_tokens": tokens, "seconds": seconds})
             say(f"prefill batch {batch:>3} × {tokens:>5} tokens: {seconds * 1e3:.1f} ms")
         stats = engine.stats()
@@ -163,7 +188,8 @@ def measure_profile(config: ProfileConfig, say: Say | None = None) -> dict:
         "format": "suntool-profile", "version": 1,
         "decode": {"batch_sizes": list(config.batch_sizes), "contexts": list(config.contexts), "step_seconds": grid},
         "prefill": {"points": points},
-        "engine": {"max_batch": engine_config.max_batch, "max_prefill_tokens": engine_config.max_prefill_tokens,
+        # what `suntool serve` runs with (the profiling engine only widens the prefill budget to batch the grid)
+        "engine": {"max_batch": defaults.max_batch, "max_prefill_tokens": defaults.max_prefill_tokens,
                    "torch_threads": engine_config.torch_threads or max(1, (os.cpu_count() or 1)
                                                                       // (config.decode_workers + 1)),
                    "decode_workers": config.decode_workers, "dtype": config.dtype or "float32 (CPU default)",
