@@ -335,6 +335,10 @@ def make_plan(config: DeployConfig) -> DeployPlan:
                 "GPTQ only symmetric (4 or 8 bits), so its instances will stop at start-up with `Unsupported "
                 "quantization config: bits=4, sym=False` — quantize the shared half symmetric to serve it on vLLM "
                 "(see docs/deploy.md)")
+        if config.device == "cpu":
+            notes.append("QSUN on CPU: vLLM 0.32's CPU wheel accepts a symmetric GPTQ half but has no `cpu_gemm_wna16` "
+                         "kernel, so such a decode instance dies at its first forward; serve QSUN on GPUs, or "
+                         "deploy the bf16 shared half on CPU (see docs/deploy.md)")
     kv_dir = config.kv_dir or str((Path(config.out) / "kv").absolute())
     return DeployPlan(
         mode=plan.mode, share=config.share, connector=config.connector, device=config.device, dtype=dtype,

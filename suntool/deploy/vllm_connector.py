@@ -26,12 +26,13 @@ reuses) with three changes that a SUN or PrefillShare deployment needs:
   accepts an unaligned external hit), so the decode instance computes only the last
   prompt token — suntool's `decode` first-token convention. A one-token prompt transfers
   nothing and is exact too. A producer stores a request once its whole prompt has been
-  computed (chunked prefill included), then writes a `complete` marker; a consumer loads
-  only a complete entry.
+  computed (chunked prefill included), then writes a `complete` marker (with the cache
+  dtype); a consumer loads only a complete entry of its own dtype.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -80,6 +81,10 @@ class SuntoolKVConnector(ExampleConnector):
         self._default_key = config.get_from_extra_config("kv_key", None)
         self._keys: dict[str, str] = {}  # request id -> key (scheduler side)
         self._pending_store: dict[str, tuple[list[int], list[int], str, list[str]]] = {}
+        model_dtype = getattr(vllm_config.model_config, "dtype", None)
+        auto_cache = getattr(vllm_config.cache_config, "cache_dtype", "auto") == "auto"
+        self._kv_dtype = str(model_dtype) if auto_cache and model_dtype is not None else None
+        self._saved_dtype: str | None = None
         os.makedirs(self._storage_path, exist_ok=True)
 
     # -- keys ---------------------------------------------------------------------------------------------------
@@ -117,9 +122,16 @@ class SuntoolKVConnector(ExampleConnector):
         if key is None or wanted <= num_computed_tokens:
             return 0, False
         folder = self._folder(prompt[:wanted], key, [f.identifier for f in request.mm_features])
-        if not os.path.exists(os.path.join(folder, MARKER)):
+        marker = os.path.join(folder, MARKER)
+        if not os.path.exists(marker):
             logger.warning("suntool connector: no stored K/V for request %s (key %s); recomputing its prompt",
                            request.request_id, key)
+            return 0, False
+        stored_dtype = _read_marker(marker).get("dtype")
+        if self._kv_dtype is not None and stored_dtype not in (None, self._kv_dtype):
+            logger.error("suntool connector: the K/V for request %s was stored as %s but this instance's cache is "
+                         "%s; recomputing its prompt (give every instance of the deployment one --dtype)",
+                         request.request_id, stored_dtype, self._kv_dtype)
             return 0, False
         self._keys[request.request_id] = key
         return wanted - num_computed_tokens, False
@@ -190,6 +202,7 @@ class SuntoolKVConnector(ExampleConnector):
         metadata = self._get_connector_metadata()
         for request in metadata.requests:
             if request.is_store:
+                self._saved_dtype = str(kv_layer.dtype)
                 tensor = kv_layer[self._blocks(request, kv_layer.device)]
                 filename = self._generate_filename_debug(layer_name, request.token_ids, request.mm_hashes)
                 safetensors.torch.save_file({"kv_cache": tensor.detach().cpu().contiguous()}, filename)
@@ -208,6 +221,11 @@ class SuntoolKVConnector(ExampleConnector):
                     continue
                 filename = self._generate_filename_debug(layer_name, request.token_ids, request.mm_hashes)
                 stored = safetensors.torch.load_file(filename)["kv_cache"].to(kv_layer.device)
+                if stored.dtype != kv_layer.dtype or stored.shape[1:] != kv_layer.shape[1:]:
+                    raise RuntimeError(
+                        f"suntool connector: {filename} holds {stored.dtype} blocks of {tuple(stored.shape[1:])} but "
+                        f"this instance's cache is {kv_layer.dtype} blocks of {tuple(kv_layer.shape[1:])}; every "
+                        "instance of a deployment must run with one --dtype and block size")
                 kv_layer[self._blocks(request, kv_layer.device)] = stored
 
     def wait_for_save(self):
@@ -217,4 +235,13 @@ class SuntoolKVConnector(ExampleConnector):
             if request.is_store:
                 folder = self._generate_foldername_debug(request.token_ids, request.mm_hashes, create_folder=True)
                 with open(os.path.join(folder, MARKER), "w", encoding="utf-8") as handle:
-                    handle.write(f"{len(request.token_ids)}\n")
+                    json.dump({"tokens": len(request.token_ids), "dtype": self._saved_dtype}, handle)
+
+
+def _read_marker(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
