@@ -32,7 +32,8 @@ bfcl-data:
 	$(BIN)/python -m suntool.evals.bfcl_data
 
 # A fourth venv with bfcl-eval and its dependencies (their pins clash with ours) for the test that
-# suntool's BFCL verdicts equal BFCL's own checker's. torch first: sentence-transformers would pull a CUDA one.
+# suntool's BFCL verdicts equal BFCL's own checker's. torch first: sentence-transformers would pull a CUDA one;
+# soundfile: qwen-agent, imported by BFCL's checker, needs it and bfcl-eval does not declare it.
 BFCL_VENV := .venv-bfcl
 BFCL_STAMP := $(BFCL_VENV)/.suntool-installed
 
@@ -40,7 +41,7 @@ $(BFCL_STAMP): pyproject.toml
 	test -x $(BFCL_VENV)/bin/python || $(PYTHON) -m venv $(BFCL_VENV)
 	$(BFCL_VENV)/bin/pip install --quiet --upgrade pip
 	$(BFCL_VENV)/bin/pip install --quiet torch==2.13.0
-	$(BFCL_VENV)/bin/pip install --quiet bfcl-eval==2026.3.23 "pytest>=8"
+	$(BFCL_VENV)/bin/pip install --quiet bfcl-eval==2026.3.23 soundfile "pytest>=8"
 	$(BFCL_VENV)/bin/pip install --quiet --no-deps -e .
 	touch $(BFCL_STAMP)
 
