@@ -57,7 +57,11 @@ def simulate_command(
     max_batch: int = typer.Option(256, "--max-batch", help="Sequences per decode forward on the roofline."),
     slo_ttft: float = typer.Option(None, "--slo-ttft", help="SLO on time to first token, s."),
     slo_tpot: float = typer.Option(None, "--slo-tpot", help="SLO on time per output token, s."),
-    capacity: bool = typer.Option(False, "--capacity", help="Also search the highest rate the devices sustain."),
+    search: str = typer.Option(
+        "devices", "--search",
+        help="With an SLO: devices (fewest devices at --rate), capacity (highest rate on the given devices), "
+             "both, or none."),
+    search_seconds: float = typer.Option(30.0, "--search-seconds", help="Arrival time each search run spans."),
     sweep: str = typer.Option(None, "--sweep", help="PARAM=V1,V2,...: models, zipf, rate, prompt_len, output_len, "
                                                    "decode_devices."),
     no_prefix_cache: bool = typer.Option(False, "--no-prefix-cache", help="Never reuse prompt K/V."),
@@ -78,6 +82,10 @@ def simulate_command(
     for flag, value in (("--link-gbps", link_gbps), ("--overhead-ms", overhead_ms)):
         if value < 0:
             raise SuntoolError(f"{flag} must be >= 0, got {value}")
+    if search not in ("devices", "capacity", "both", "none"):
+        raise SuntoolError(f"--search must be devices, capacity, both or none, got {search!r}")
+    if not search_seconds > 0:
+        raise SuntoolError(f"--search-seconds must be positive, got {search_seconds}")
     if max_batch < 1:
         raise SuntoolError(f"--max-batch must be at least 1, got {max_batch}")
     layouts = tuple(layout) if layout else tuple(LAYOUTS if not profile else ("dedicated", "sun", "prefillshare"))
@@ -93,8 +101,9 @@ def simulate_command(
         seed=seed,
     )
     config = SimConfig(workload=workload, layouts=layouts, costs=source, prefill_devices=prefill_devices,
-                       decode_devices=decode_devices, slo=SLOTarget(slo_ttft, slo_tpot), capacity=capacity,
-                       prefix_cache=not no_prefix_cache)
+                       decode_devices=decode_devices, slo=SLOTarget(slo_ttft, slo_tpot),
+                       search=search in ("devices", "both"), capacity=search in ("capacity", "both"),
+                       search_seconds=search_seconds, prefix_cache=not no_prefix_cache)
     config.validate()
     parameter, values = _sweep(sweep) if sweep else (None, None)
     costs = Costs(source)
@@ -136,6 +145,8 @@ def _ms(value: float) -> str:
 
 
 def _print_results(results, config) -> None:
+    import math
+
     from rich.table import Table
 
     from suntool.simulate.report import per_device, ratios_over_dedicated
@@ -143,27 +154,25 @@ def _print_results(results, config) -> None:
     ratios = ratios_over_dedicated(results)
     table = Table(title=_describe(config), title_justify="left")
     for name in ("layout", "devices P+D", "out tok/s", "tok/s/dev", "TTFT p50/p99 (ms)", "TPOT p50/p99 (ms)",
-                 "SLO met", "KV peak", "batch", "needed P+D", "TPOT p50 there", "per dev @SLO", "× dedicated"):
+                 "SLO met", "KV peak", "batch", "needed P+D", "TPOT p50 there", "max req/s @SLO", "per dev @SLO",
+                 "× dedicated"):
         table.add_column(name, justify="left" if name == "layout" else "right")
     for r in results:
         s = r.summary
+        searched = config.slo.given and config.search and not config.costs.profile and math.isfinite(
+            config.workload.rate)
         needed = f"{r.devices_needed[0]}+{r.devices_needed[1]}" if r.devices_needed else (
-            "> max" if config.slo.given and r.throughput_per_needed_device is None and r.devices_needed is None
-            and config.search and not config.costs.profile else "–")
+            f"> {config.max_devices}" if searched else "–")
         table.add_row(
             r.layout, f"{r.prefill_devices}+{r.decode_devices}", f"{s.output_token_throughput:.0f}",
             f"{s.throughput_per_device:.1f}", f"{_ms(s.ttft['p50'])} / {_ms(s.ttft['p99'])}",
             f"{_ms(s.tpot['p50'])} / {_ms(s.tpot['p99'])}",
             f"{s.slo_attainment:.0%}" if config.slo.given else "–", f"{s.kv_peak:.0%}", f"{s.mean_decode_batch:.1f}",
-            needed, _ms(r.at_needed.tpot["p50"]) if r.at_needed else "–", f"{per_device(r):.1f}",
+            needed, _ms(r.at_needed.tpot["p50"]) if r.at_needed else "–",
+            f"{r.max_rate:.1f}" if r.max_rate is not None else "–", f"{per_device(r):.1f}",
             f"×{ratios[r.layout]:.2f}" if r.layout in ratios else "–",
         )
     print_wide(table)
-    for r in results:
-        if r.max_rate is not None:
-            console.print(f"{r.layout}: sustains {r.max_rate:.2f} req/s at the SLOs on {r.prefill_devices}+"
-                          f"{r.decode_devices} devices ({r.goodput_per_device:.1f} output tok/s per device)",
-                          markup=False)
 
 
 def _print_sweep(rows, parameter: str, config) -> None:
@@ -172,7 +181,8 @@ def _print_sweep(rows, parameter: str, config) -> None:
     from suntool.simulate.report import per_device, ratios_over_dedicated
 
     layouts = [r.layout for r in rows[0]["results"]]
-    metric = "tok/s per device at the SLOs" if config.slo.given else "tok/s per device"
+    metric = ("tok/s per device at the highest rate meeting the SLOs" if config.capacity and config.slo.given else
+              "tok/s per device needed to meet the SLOs" if config.slo.given and config.search else "tok/s per device")
     table = Table(title=f"{metric} · {_describe(config)}", title_justify="left")
     table.add_column(parameter, justify="right")
     for layout in layouts:
@@ -181,7 +191,8 @@ def _print_sweep(rows, parameter: str, config) -> None:
         ratios = ratios_over_dedicated(row["results"])
         cells = []
         for r in row["results"]:
-            needed = f" ({sum(r.devices_needed)} dev)" if r.devices_needed else ""
+            needed = f" ({sum(r.devices_needed)} dev)" if r.devices_needed and r.max_rate is None else ""
+            needed += f" ({r.max_rate:.0f} req/s)" if r.max_rate is not None else ""
             ratio = f" ×{ratios[r.layout]:.2f}" if r.layout in ratios and r.layout != "dedicated" else ""
             cells.append(f"{per_device(r):.1f}{needed}{ratio}")
         table.add_row(f"{row['value']:g}", *cells)

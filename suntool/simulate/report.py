@@ -3,9 +3,11 @@
 `report_dict(config, costs_label, results, sweep_rows)` is the strict-JSON document
 (`simulate.json`): the configuration, per layout every `SimSummary` field plus the
 searches, and for a sweep one row per value. `per_device(result)` is the figure of
-merit the tables and the plot use: output tokens/s per device at the SLOs
-(`throughput_per_needed_device`) when an SLO search ran, else output tokens/s per
-device at the given allocation. `plot_sweep(rows, parameter, path)` draws it against
+merit the tables and the plot use: with the capacity search, the output tokens/s per
+device at the highest rate the given devices sustain at the SLOs (`goodput_per_device`);
+with the devices search, the rate's output tokens/s per device needed
+(`throughput_per_needed_device`); else output tokens/s per device at the given
+allocation. `plot_sweep(rows, parameter, path)` draws it against
 the swept parameter, one line per layout, and each layout's ratio over dedicated P/D
 (the shape of the SUN paper's throughput-per-GPU figure).
 """
@@ -19,6 +21,8 @@ from pathlib import Path
 
 
 def per_device(result) -> float:
+    if result.goodput_per_device is not None:
+        return result.goodput_per_device
     if result.throughput_per_needed_device is not None:
         return result.throughput_per_needed_device
     return result.summary.throughput_per_device

@@ -57,7 +57,7 @@ class SimConfig:
     decode_devices: int | None = None
     slo: SLOTarget = SLOTarget()
     search: bool = True  # with an SLO: devices needed at the rate
-    capacity: bool = False  # with an SLO: also the highest rate the layout's devices sustain (slower)
+    capacity: bool = False  # with an SLO: the highest rate the layout's devices sustain
     max_devices: int = 256
     search_seconds: float = 30.0  # each search run spans at least this much arrival time
     prefix_cache: bool = True
@@ -189,10 +189,18 @@ def devices_needed(config: SimConfig, costs: Costs, layout: str,
         summary, outcome = run_layout(config, costs, layout, requests, (prefill, decode))
         if summary.slo_attainment >= ATTAINMENT:
             return (prefill, decode), summary
-        missed = [t for t in outcome.traces if not config.slo.met(t.ttft, t.tpot)]
-        in_prefill = sum(t.prefill_end - t.request.arrival for t in missed)
-        in_decode = sum(t.last_token - t.prefill_end for t in missed)
-        if in_prefill > in_decode:
+        # blame each miss on a stage: a TTFT miss on the prefill stage when the request spent longer
+        # reaching the end of its prefill than waiting for its first decode step; a TPOT miss on decode
+        blame_prefill = blame_decode = 0
+        for t in outcome.traces:
+            if config.slo.met(t.ttft, t.tpot):
+                continue
+            ttft_missed = config.slo.ttft is not None and t.ttft > config.slo.ttft
+            if ttft_missed and t.prefill_end - t.request.arrival > t.first_token - t.prefill_end:
+                blame_prefill += 1
+            else:
+                blame_decode += 1
+        if blame_prefill > blame_decode:
             prefill += 1
         else:
             decode += 1
