@@ -128,11 +128,9 @@ def main(argv=None) -> int:
           "| prefix-cache hit tokens shared / no-share |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        hits = r["prefix_cache_hit_tokens"]
+        hits = " / ".join("–" if v is None else f"{v:.0f}" for v in r["prefix_cache_hit_tokens"].values())
         print(f"| {r['mode']} | {r['rate']:g} | {x(r['session_p95_lower'])} | {x(r['request_e2e_p95_lower'])} "
-              f"| {x(r['session_throughput'])} | {x(r['output_token_throughput'])} "
-              f"| {hits['shared'] if hits['shared'] is not None else '–'} / "
-              f"{hits['no_share'] if hits['no_share'] is not None else '–'} |")
+              f"| {x(r['session_throughput'])} | {x(r['output_token_throughput'])} | {hits} |")
     args.out.mkdir(parents=True, exist_ok=True)
     record = {"cpu": cpu, "dtype": dtype, "artifacts": artifacts, "paper": PAPER, "bench_json": runs,
               "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
