@@ -53,7 +53,7 @@ class BenchConfig:
 
     def validate(self) -> None:
         if sum(map(bool, (self.url, self.artifacts, self.model_urls))) != 1:
-            raise SuntoolError("give either a server URL or --local ART... (not both)")
+            raise SuntoolError("give one target: a server URL, --local ART..., or one server URL per model")
         names = [model for model, _ in self.model_urls]
         if len(set(names)) != len(names):
             raise SuntoolError(f"each model needs one server URL, got {list(self.model_urls)}")
