@@ -15,6 +15,10 @@ copies whose `data_files` are absolute paths into this package's `data/`, keepin
     tm = task_manager(include_defaults=False)   # only the bundled tasks: fast
     tasks = tm.load(["suntool"])["tasks"]       # or lm_eval.simple_evaluate(..., task_manager=tm)
 
+For lm-eval's own CLI: `python -m suntool.evals.registry DIR` writes the same copies into DIR, then
+`lm_eval --model suntool --model_args artifact=ART --include_path DIR --tasks humaneval`
+(`--confirm_run_unsafe_code` for humaneval, `--apply_chat_template` for the bfcl tasks).
+
 lm_eval is imported inside `task_manager` only.
 """
 
@@ -133,3 +137,20 @@ def task_manager(include_path: str | Path | list[str | Path] | None = None, *, i
     extra = [] if include_path is None else include_path if isinstance(include_path, list) else [include_path]
     paths = [str(_materialized_session_dir()), *map(str, extra)]
     return TaskManager(include_path=paths, include_defaults=include_defaults)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m suntool.evals.registry DIR`: write the bundled task YAMLs into DIR, for
+    `lm_eval --model suntool --include_path DIR --tasks humaneval,bfcl,suntool_arith ...`."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or args[0].startswith("-"):
+        print("usage: python -m suntool.evals.registry DIR", file=sys.stderr)
+        return 2
+    print(materialize_tasks(args[0]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

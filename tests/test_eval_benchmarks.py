@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -149,3 +150,23 @@ def test_cache_makes_a_rerun_reuse_finished_requests(capsys, tiny_artifact, tmp_
         return [line for line in stdout.splitlines() if "│" in line]
 
     assert table(first) == table(second) and any("sun" in line for line in table(first))
+
+
+def test_lm_eval_cli_runs_humaneval_with_the_suntool_model(tiny_artifact, tmp_path):
+    import subprocess
+    import sys
+
+    tasks = tmp_path / "tasks"
+    assert subprocess.run([sys.executable, "-m", "suntool.evals.registry", str(tasks)], check=True).returncode == 0
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "lm_eval", "--model", "suntool", "--model_args", f"artifact={tiny_artifact}",
+         "--include_path", str(tasks), "--tasks", "humaneval", "--limit", "1", "--confirm_run_unsafe_code",
+         "--output_path", str(out), "--device", "cpu"],
+        capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    written = json.loads(next(out.rglob("results_*.json")).read_text())
+    assert written["results"]["humaneval"]["pass@1,none"] == 0.0
+    assert "dataset_path" not in written["configs"]["humaneval"]  # ours, not lm-eval's hub task of that name
+    assert "def load_dataset" in written["configs"]["humaneval"]["custom_dataset"]  # suntool.evals.humaneval's
