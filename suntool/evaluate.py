@@ -164,6 +164,8 @@ def _sampling_overrides(config: EvalConfig) -> Path | None:
     """A directory with a `humaneval` YAML sampling `n_samples` completions per problem, or None (greedy)."""
     if config.n_samples == 1:
         return None
+    import atexit
+    import shutil
     import tempfile
 
     import yaml
@@ -171,7 +173,10 @@ def _sampling_overrides(config: EvalConfig) -> Path | None:
     from suntool.evals.humaneval import STOP_STRINGS
     from suntool.evals.registry import session_tasks_dir
 
-    directory = Path(tempfile.mkdtemp(prefix="suntool-eval-overrides-", dir=session_tasks_dir()))
+    # not inside the session's task dir: lm-eval indexes include paths recursively, and a later greedy run
+    # in this process must not find this override there
+    directory = Path(tempfile.mkdtemp(prefix="suntool-eval-overrides-"))
+    atexit.register(shutil.rmtree, directory, True)
     override = {
         "include": str(session_tasks_dir() / "humaneval.yaml"),
         "task": "humaneval",
