@@ -48,6 +48,7 @@ def vllm_command(
     enforce_eager: bool = typer.Option(False, "--enforce-eager", help="vLLM --enforce-eager (fast start)."),
     vllm_args: list[str] = typer.Option(None, "--vllm-arg", help="Extra vLLM flag for every instance (repeatable)."),
     allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="Deploy task halves trained elsewhere."),
+    cpu_bind: str = typer.Option("auto", "--cpu-bind", help="CPU: auto (own cores per instance) or none."),
     force: bool = typer.Option(False, "--force", help="Replace an existing plan directory."),
     run: bool = typer.Option(False, "--run", help="Start the plan now (until Ctrl-C / SIGTERM)."),
     api_key: str = typer.Option(None, "--api-key", envvar="SUNTOOL_API_KEY", help="With --run: require this key."),
@@ -63,7 +64,7 @@ def vllm_command(
         decode_instances=decode_instances, prefill_instances=prefill_instances, share=not dedicated, lora=lora,
         dtype=dtype, device=device, host=host, router_port=port, base_port=base_port, vllm_python=vllm_python,
         kv_dir=kv_dir, max_model_len=max_model_len, kv_cache_gib=kv_cache_gib, enforce_eager=enforce_eager,
-        vllm_args=tuple(vllm_args or ()), allow_mismatch=allow_mismatch,
+        vllm_args=tuple(vllm_args or ()), allow_mismatch=allow_mismatch, cpu_bind=cpu_bind,
     )
     plan = make_plan(config)
     written = write_plan(plan, out, force=force)
@@ -71,7 +72,8 @@ def vllm_command(
                   f"connector {plan.connector} · {len(plan.instances)} vLLM instance(s)", markup=False)
     for inst in plan.instances:
         serves = ", ".join(n for n, _ in inst.lora_modules) or inst.served_name
-        console.print(f"  {inst.name:<18} {inst.half:<7} :{inst.port}  {serves}", markup=False)
+        cores = f"  cores {inst.cpu_cores}" if inst.cpu_cores else ""
+        console.print(f"  {inst.name:<18} {inst.half:<7} :{inst.port}  {serves}{cores}", markup=False)
     for note in plan.notes:
         err_console.print(f"[yellow]note:[/] {note}")
     if run:

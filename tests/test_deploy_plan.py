@@ -249,3 +249,18 @@ def test_task_halves_with_identical_weights_share_one_instance(llama_dir, fake_p
     assert shared.model("a").kv_key == shared.model("b").kv_key  # the same weights compute the same K/V
     dedicated = make_plan(config(arts, tmp_path / "p2", fake_python, share=False))
     assert [i.name for i in dedicated.instances] == ["prefill-a", "decode-a", "decode-b"]
+
+
+def test_cpu_instances_get_their_own_cores(sun_arts, fake_python, tmp_path):
+    from suntool.deploy.plan import bind_cores
+
+    plan = make_plan(config(sun_arts, tmp_path / "plan", fake_python))
+    instances = list(plan.instances)  # three instances
+    assert [i.cpu_cores for i in bind_cores(instances, [0, 1, 2, 3, 4, 5])] == ["0,1", "2,3", "4,5"]
+    assert [i.cpu_cores for i in bind_cores(instances, [0, 1])] == ["0", "1", "0"]  # more instances than cores
+    script = (write_plan(plan, tmp_path / "plan") / "instances" / "decode-0.sh").read_text()
+    assert f"export VLLM_CPU_OMP_THREADS_BIND={plan.instance('decode-0').cpu_cores}" in script
+    unbound = make_plan(config(sun_arts, tmp_path / "p2", fake_python, cpu_bind="none"))
+    assert all(i.cpu_cores is None for i in unbound.instances)
+    assert all(i.cpu_cores is None for i in make_plan(config(sun_arts, tmp_path / "p3", fake_python,
+                                                             device="cuda")).instances)

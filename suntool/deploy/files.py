@@ -72,11 +72,13 @@ def vllm_argv(plan: DeployPlan, inst: Instance) -> list[str]:
     return argv + list(plan.vllm_args)
 
 
-def vllm_env(plan: DeployPlan) -> dict[str, str]:
-    """Environment every instance needs (CPU: KV cache size, no reserved core, Intel OpenMP preloaded)."""
+def vllm_env(plan: DeployPlan, inst: Instance | None = None) -> dict[str, str]:
+    """Environment of an instance (CPU: KV cache size, no reserved core, its cores, Intel OpenMP preloaded)."""
     if plan.device != "cpu":
         return {}
     env = {"VLLM_CPU_KVCACHE_SPACE": f"{plan.kv_cache_gib:g}", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    if inst is not None and inst.cpu_cores:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = inst.cpu_cores
     iomp = Path(plan.vllm_python).parent.parent / "lib" / "libiomp5.so"
     if iomp.is_file():
         env["LD_PRELOAD"] = str(iomp.absolute())
@@ -87,7 +89,7 @@ def instance_script(plan: DeployPlan, inst: Instance, plan_dir: Path) -> str:
     lines = ["#!/usr/bin/env bash", f"# {inst.name}: vLLM {inst.half} instance ({inst.kv_role}) of a suntool "
              f"{plan.mode} deployment; written by `suntool deploy vllm`.", "set -euo pipefail",
              f'export PYTHONPATH={shlex.quote(str(plan_dir))}"${{PYTHONPATH:+:$PYTHONPATH}}"']
-    lines += [f"export {key}={shlex.quote(value)}" for key, value in vllm_env(plan).items()]
+    lines += [f"export {key}={shlex.quote(value)}" for key, value in vllm_env(plan, inst).items()]
     argv = [plan.vllm_python, *vllm_argv(plan, inst)]
     groups: list[list[str]] = []
     for arg in argv:  # one flag and its values per line
@@ -113,7 +115,7 @@ def compose_file(plan: DeployPlan, plan_dir: Path) -> str:
     volumes = [f"{m}:{m}:ro" for m in mounts] + [f"{plan.kv_dir}:{plan.kv_dir}", f"{plan_dir}:{plan_dir}:ro"]
     services = {}
     for inst in plan.instances:
-        env = {"PYTHONPATH": str(plan_dir), **{k: v for k, v in vllm_env(plan).items() if k != "LD_PRELOAD"}}
+        env = {"PYTHONPATH": str(plan_dir), **{k: v for k, v in vllm_env(plan, inst).items() if k != "LD_PRELOAD"}}
         service = {"image": "${VLLM_IMAGE:-vllm/vllm-openai:v0.32.0}", "network_mode": "host",
                    "entrypoint": ["python3"], "command": vllm_argv(plan, inst), "environment": env,
                    "volumes": volumes, "ipc": "host"}

@@ -72,6 +72,7 @@ class DeployConfig:
     enforce_eager: bool = False
     vllm_args: tuple[str, ...] = ()  # extra flags for every instance
     allow_mismatch: bool = False
+    cpu_bind: str = "auto"  # CPU: "auto" (each instance its own cores) | "none" (vLLM's default: all cores each)
 
     def validate(self) -> None:
         if self.connector not in CONNECTORS:
@@ -82,6 +83,8 @@ class DeployConfig:
             raise SuntoolError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.decode_instances < 1 or self.prefill_instances < 1:
             raise SuntoolError("--decode-instances and --prefill-instances must be at least 1")
+        if self.cpu_bind not in ("auto", "none"):
+            raise SuntoolError(f"--cpu-bind must be auto or none, got {self.cpu_bind!r}")
         for port in (self.router_port, self.base_port):
             if not 1 <= port <= 65535:
                 raise SuntoolError(f"ports must lie in 1..65535, got {port}")
@@ -100,6 +103,7 @@ class Instance:
     lora_modules: tuple[tuple[str, str], ...] = ()  # (adapter name, adapter dir)
     quantization: str | None = None  # "gptq" for a QSUN decode half
     kv_key: str | None = None  # a producer's default key
+    cpu_cores: str | None = None  # CPU: VLLM_CPU_OMP_THREADS_BIND (e.g. "0" or "2,3"); None: vLLM's default
 
     @property
     def url(self) -> str:
@@ -208,6 +212,22 @@ def _model_len(ref, half: str) -> int:
     return int(text.get("max_position_embeddings") or 2048)
 
 
+def bind_cores(instances: list[Instance], cores: list[int] | None = None) -> list[Instance]:
+    """Give each CPU instance its own cores (contiguous shares), or one core each, round robin, when there are
+    more instances than cores. vLLM's CPU workers spin-wait in OpenMP: instances bound to the same cores (its
+    default, every core for every instance) slow each other down by orders of magnitude."""
+    import os
+
+    cores = sorted(cores if cores is not None else os.sched_getaffinity(0))
+    count = len(instances)
+    if count <= len(cores):
+        shares = [cores[i * len(cores) // count:(i + 1) * len(cores) // count] for i in range(count)]
+    else:
+        shares = [[cores[i % len(cores)]] for i in range(count)]
+    return [Instance(**{**asdict(inst), "lora_modules": inst.lora_modules, "cpu_cores": ",".join(map(str, share))})
+            for inst, share in zip(instances, shares, strict=True)]
+
+
 def make_plan(config: DeployConfig) -> DeployPlan:
     """Check the artifacts and decide the instances and the routes (no files written, no weights loaded)."""
     from suntool.serve.models import plan_models
@@ -296,6 +316,8 @@ def make_plan(config: DeployConfig) -> DeployPlan:
             group_pool[key] = (add(f"decode-{group.models[0]}", "decode", group.weights, group.models, None),)
             same_weights[group.weights.sha256, group.weights.adapter] = group_pool[key]
 
+    if config.device == "cpu" and config.cpu_bind == "auto":
+        instances = bind_cores(instances)
     by_name = {inst.name: inst for inst in instances}
     routed = []
     for spec in plan.models:
