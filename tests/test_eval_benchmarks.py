@@ -170,3 +170,24 @@ def test_lm_eval_cli_runs_humaneval_with_the_suntool_model(tiny_artifact, tmp_pa
     assert written["results"]["humaneval"]["pass@1,none"] == 0.0
     assert "dataset_path" not in written["configs"]["humaneval"]  # ours, not lm-eval's hub task of that name
     assert "def load_dataset" in written["configs"]["humaneval"]["custom_dataset"]  # suntool.evals.humaneval's
+
+
+def test_a_task_with_two_filters_gets_a_header_per_filter(capsys, tiny_artifact, tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"q": f"{i} + {i} =", "a": str(2 * i)}) + "\n" for i in range(3)))
+    (tmp_path / "two_filters.yaml").write_text(
+        "task: two_filters\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {data}\n"
+        "test_split: test\noutput_type: generate_until\ndoc_to_text: q\ndoc_to_target: a\n"
+        "generation_kwargs:\n  until: ['\\n']\n  max_gen_toks: 4\n  do_sample: false\n"
+        "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n"
+        "filter_list:\n"
+        "  - name: strict-match\n    filter:\n      - function: regex\n        regex_pattern: '^(\\d+)$'\n"
+        "      - function: take_first\n"
+        "  - name: flexible-extract\n    filter:\n      - function: regex\n        regex_pattern: '(\\d+)'\n"
+        "      - function: take_first\n"
+    )
+    code, stdout, _ = run_cli(capsys, "eval", tiny_artifact, "--tasks", "two_filters", "--include-path", str(tmp_path))
+    assert code in (0, None)
+    assert "[strict-match]" in stdout and "[flexible-extract]" in stdout  # rich no longer swallows them
+    assert stdout.count("exact_match") == 2
