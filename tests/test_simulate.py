@@ -260,3 +260,18 @@ def test_profile_costs_drive_the_simulation(tmp_path):
     assert (results["sun"].prefill_devices, results["sun"].decode_devices) == (2, 1)  # engine threads
     # one forward of 8 (0.66 s at context ~60) beats one forward of 4 per model (2 × 0.36 s)
     assert results["sun"].summary.tpot["p50"] < 0.95 * results["dedicated"].summary.tpot["p50"]
+
+
+def test_busy_threads_split_the_cores_as_the_engine_does():
+    from suntool.simulate.sim import thread_share
+
+    assert thread_share(1, 2, 1.6) == 1.0  # alone: every core
+    assert thread_share(2, 2, 2.0) == pytest.approx(0.5)  # perfect scaling: two busy threads halve each
+    assert thread_share(2, 2, 1.6) == pytest.approx(1 / 1.6)  # one core each, 1.6x slower than two
+    assert thread_share(4, 2, 1.6) == pytest.approx(0.5 / 1.6)  # one thread each, two per core
+    assert thread_share(2, 2, 1.0) == 1.0 and thread_share(3, 2, 1.0) == pytest.approx(2 / 3)
+    costs = Fixed(prefill_s=1.0, step_s=0.1)
+    requests = [SimRequest(0, 0.0, 0, 10, 1), SimRequest(1, 0.0, 1, 10, 1)]
+    plan = plan_cluster(ClusterConfig(layout="dedicated", models=2))
+    outcome = simulate(plan, requests, costs, costs, shared_host_cores=2, thread_speedup=1.6)
+    assert [t.prefill_end for t in outcome.traces] == [pytest.approx(1.6)] * 2

@@ -14,7 +14,9 @@ through its public API only (`Engine.from_artifacts`, `EngineConfig`, `submit`,
   tokens, less one decode step at (B, P) measured above, is the prefill forward.
 
 A decode point is the median of its step gaps (one run); a prefill point the median of
-`repeats` runs. The profile (format in `suntool.simulate.profile`)
+`repeats` runs. Then a second engine with `torch_threads=1` times a few decode steps again: the ratio is
+`host.thread_speedup` (a forward alone uses every core; busy threads split them). The
+profile (format in `suntool.simulate.profile`)
 also records the engine settings the costs were measured under (max batch, prefill
 token budget, torch threads per worker, KV capacity) and the host (cores, CPU flags),
 and is written atomically. `suntool simulate --profile PATH` reads it.
@@ -182,8 +184,27 @@ def measure_profile(config: ProfileConfig, say: Say | None = None) -> dict:
             points.append({"batch": batch, "prompt_tokens": tokens, "seconds": seconds})
             say(f"prefill batch {batch:>3} × {tokens:>5} tokens: {seconds * 1e3:.1f} ms")
         stats = engine.stats()
+        middle = len(config.contexts) // 2
+        speedup_points = [(i, middle) for i in sorted({len(config.batch_sizes) // 2, len(config.batch_sizes) - 1})]
+        all_cores = [grid[i][c] for i, c in speedup_points]
     finally:
         engine.close()
+    speedup = 1.0
+    cores = os.cpu_count() or 1
+    if cores > 1 and config.torch_threads is None:
+        say("measuring the same forwards on one thread (how busy engine threads share the cores)")
+        from dataclasses import replace
+
+        engine = Engine.from_artifacts([config.artifacts[0]], names=[NAME],
+                                       config=replace(engine_config, torch_threads=1))
+        try:
+            _run(engine, _prompts(rng, 2, 16, vocab), 4)
+            ratios = [_decode_step(engine, rng, config.batch_sizes[i], config.contexts[c], config.decode_steps,
+                                   vocab) / t for (i, c), t in zip(speedup_points, all_cores, strict=True)]
+        finally:
+            engine.close()
+        speedup = max(1.0, statistics.median(ratios))
+        say(f"one thread is {speedup:.2f}x slower than {cores}")
     profile = {
         "format": "suntool-profile", "version": 1,
         "decode": {"batch_sizes": list(config.batch_sizes), "contexts": list(config.contexts), "step_seconds": grid},
@@ -194,7 +215,7 @@ def measure_profile(config: ProfileConfig, say: Say | None = None) -> dict:
                                                                       // (config.decode_workers + 1)),
                    "decode_workers": config.decode_workers, "dtype": config.dtype or "float32 (CPU default)",
                    "kv_capacity_tokens": stats.kv_blocks_total * engine_config.block_size},
-        "host": {"cores": os.cpu_count() or 1, "cpu": _cpu_name(), "flags": _cpu_flags(),
+        "host": {"cores": cores, "thread_speedup": speedup, "cpu": _cpu_name(), "flags": _cpu_flags(),
                  "machine": platform.machine()},
         "source": {"artifact": str(config.artifacts[0]), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                    "decode_steps": config.decode_steps, "repeats": config.repeats,

@@ -115,7 +115,7 @@ class ProfileCosts:
         return self.profile.max_prefill_tokens
 
     def prefill(self, rows: list[tuple[int, int]]) -> float:
-        return self.profile.prefill(len(rows) * max(n for n, _ in rows))
+        return self.profile.prefill(sum(n for n, _ in rows))  # packed: real tokens, no padding
 
     def decode(self, batch: int, context_tokens: int) -> float:
         return self.profile.decode_step(batch, context_tokens / batch)

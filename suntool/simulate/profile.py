@@ -9,12 +9,16 @@ reads it with `load_profile(path)`, which validates every field and raises a one
                 "step_seconds": [[...one per context...], ...one row per batch size...]},
      "prefill": {"points": [{"batch": 1, "prompt_tokens": 64, "seconds": 0.05}, ...]},
      "engine": {"max_batch": 64, "max_prefill_tokens": 4096, "torch_threads": 1, "kv_capacity_tokens": 65536},
-     "host": {"cores": 2, "cpu": "...", "flags": [...]}, "source": {...}}
+     "host": {"cores": 2, "thread_speedup": 1.6, "cpu": "...", "flags": [...]}, "source": {...}}
+
+`host.thread_speedup` is how much faster a forward runs on every core than on one
+(measured with `--torch-threads 1`); the simulator uses it to share the cores between
+busy engine threads (`suntool.simulate.sim.thread_share`).
 
 `Profile.decode_step(batch, context)` interpolates piecewise-linearly in both batch size
 and context (and extrapolates linearly from the last two points beyond the grid);
-`Profile.prefill(padded_tokens)` interpolates over the padded token count of a prefill
-forward (batch × longest prompt), the quantity the engine's batched prefill pays for.
+`Profile.prefill(tokens)` interpolates over the tokens of a prefill forward (the engine
+packs prompts without padding, so a batch of B prompts of P tokens is B·P tokens).
 """
 
 from __future__ import annotations
@@ -47,12 +51,13 @@ class Profile:
     batch_sizes: tuple[int, ...]
     contexts: tuple[int, ...]
     step_seconds: tuple[tuple[float, ...], ...]  # [batch][context]
-    prefill_tokens: tuple[int, ...]  # padded tokens per prefill forward, sorted
+    prefill_tokens: tuple[int, ...]  # tokens per prefill forward, sorted
     prefill_seconds: tuple[float, ...]
     max_batch: int = 64
     max_prefill_tokens: int = 4096
     torch_threads: int = 1
     cores: int = 1
+    thread_speedup: float = 1.0
     kv_capacity_tokens: int | None = None
     source: str = ""
 
@@ -62,9 +67,9 @@ class Profile:
                        for c in range(len(self.contexts))]
         return max(interp(list(self.contexts), per_context, context), 1e-6)
 
-    def prefill(self, padded_tokens: int) -> float:
-        """Seconds of one prefill forward over `padded_tokens` (batch × longest prompt)."""
-        return max(interp(list(self.prefill_tokens), list(self.prefill_seconds), padded_tokens), 1e-6)
+    def prefill(self, tokens: int) -> float:
+        """Seconds of one prefill forward over `tokens` prompt tokens (packed)."""
+        return max(interp(list(self.prefill_tokens), list(self.prefill_seconds), tokens), 1e-6)
 
 
 def _fail(path: Path | str, what: str) -> SuntoolError:
@@ -114,12 +119,16 @@ def parse_profile(data: dict, path: Path | str = "<profile>") -> Profile:
     tokens = sorted(by_tokens)
     engine, host = data.get("engine") or {}, data.get("host") or {}
     kv = engine.get("kv_capacity_tokens")
+    speedup = host.get("thread_speedup", 1.0)
+    if isinstance(speedup, bool) or not isinstance(speedup, (int, float)) or not 0.5 <= speedup <= 1024:
+        raise _fail(path, f"host.thread_speedup must be a number >= 0.5, got {speedup!r}")
     return Profile(
         batch_sizes=tuple(batches), contexts=tuple(contexts),
         step_seconds=tuple(tuple(float(x) for x in row) for row in rows),
         prefill_tokens=tuple(tokens), prefill_seconds=tuple(sum(by_tokens[t]) / len(by_tokens[t]) for t in tokens),
         max_batch=int(engine.get("max_batch", 64)), max_prefill_tokens=int(engine.get("max_prefill_tokens", 4096)),
         torch_threads=int(engine.get("torch_threads", 1)), cores=int(host.get("cores", 1)),
+        thread_speedup=float(speedup),
         kv_capacity_tokens=int(kv) if kv else None, source=str(path),
     )
 

@@ -31,7 +31,7 @@ from suntool.simulate.sim import SimOutcome, simulate
 from suntool.simulate.workload import SimRequest, WorkloadConfig, make_requests
 
 ATTAINMENT = 0.9
-MAX_SEARCH_REQUESTS = 20000
+MAX_SEARCH_REQUESTS = 5000
 SWEEPABLE = ("models", "zipf", "rate", "prompt_len", "output_len", "decode_devices")
 
 
@@ -108,6 +108,7 @@ class Costs:
             profile = load_profile(source.profile)
             self.base = ProfileCosts(profile)
             self.host_cores: int | None = profile.cores
+            self.thread_speedup = profile.thread_speedup
         else:
             from suntool.simulate.costs import Roofline
             from suntool.simulate.hardware import device_spec
@@ -117,7 +118,7 @@ class Costs:
             self.base = Roofline(device, model_shape(source.model), link_bandwidth=source.link_bandwidth,
                                  overhead=source.overhead, max_batch=source.max_batch)
             self.base.kv_capacity(1)  # the model must fit one device
-            self.host_cores = None
+            self.host_cores, self.thread_speedup = None, 1.0
         self.label = self.base.label
 
     def for_layout(self, layout: str):
@@ -137,7 +138,7 @@ def run_layout(config: SimConfig, costs: Costs, layout: str, requests: list[SimR
     plan = plan_cluster(cluster)
     prefill_costs, decode_costs = costs.for_layout(layout)
     outcome = simulate(plan, requests, prefill_costs, decode_costs, shared_host_cores=costs.host_cores,
-                       prefix_cache=config.prefix_cache)
+                       prefix_cache=config.prefix_cache, thread_speedup=costs.thread_speedup)
     return summarize(outcome, plan.devices, config.slo), outcome
 
 
@@ -172,7 +173,7 @@ def max_rate(config: SimConfig, costs: Costs, layout: str, devices: tuple[int, i
         else:
             return 0.0
         hi = lo * 2
-    for _ in range(5):
+    for _ in range(4):
         mid = math.sqrt(lo * hi)
         lo, hi = (mid, hi) if ok(mid) else (lo, mid)
     return lo

@@ -7,9 +7,10 @@
 - a request goes to the least-loaded prefill instance holding its model's prefill group
   (preferring one whose prefix cache holds its shared prefix);
 - an idle instance starts once every arrival of the same instant is queued (so a burst
-  batches together); a prefill instance takes its groups' FIFO queues in turn and batches prompts behind the
-  head while the padded batch (count × longest) stays within `max_prefill_tokens` and
-  `max_batch` (the local engine's rule); a cached prefix is not recomputed;
+  batches together); a prefill instance takes its groups' FIFO queues in turn and packs
+  prompts behind the head while their new tokens stay within `max_prefill_tokens` and
+  `max_batch` (the local engine's rule since its packed forward; a longer prompt is one
+  forward of its own, costed at its length); a cached prefix is not recomputed;
 - the prompt's K/V then travels (`transfer`) to the least-loaded decode instance holding
   its decode group (load = sequences running or waiting there: model-agnostic for a
   shared group);
@@ -19,9 +20,9 @@
   token per sequence per forward; a sequence's first token comes from its first decode
   forward, the `decode` first-token convention);
 - every forward is a job on its instance's host: a device per instance, or with
-  `shared_host_cores` one host whose cores the running forwards share equally
-  (processor sharing: each runs at min(1, cores / running) of its solo speed), which is
-  how the local engine's prefill and decode threads share a CPU.
+  `shared_host_cores` one host whose cores the running forwards share (processor
+  sharing, `thread_share`: alone a forward uses every core, k busy forwards get
+  cores // k threads each), which is how the local engine's threads share a CPU.
 
 The event loop is a heap of timestamped events (a few dozen lines); see docs/simulate.md
 for why it is not simpy.
@@ -84,6 +85,25 @@ class SimOutcome:
     decode_batches: list[int] = field(default_factory=list)  # batch size of every decode forward
 
 
+def thread_share(busy: int, cores: int, speedup: float) -> float:
+    """The speed of each of `busy` forwards on `cores` cores, relative to one forward alone.
+
+    As the local engine runs them: a forward alone uses every core (it runs `speedup` times
+    faster than on one core); k busy forwards get cores // k threads each (one each beyond
+    `cores`, then time-sliced). Thread scaling between 1 and `cores` threads is linear.
+    With `speedup` = 1 (one thread per forward, as before the engine shared its cores) it
+    is min(1, cores / busy).
+    """
+    if busy <= 1:
+        return 1.0
+
+    def speed(threads: int) -> float:
+        return 1.0 + (speedup - 1.0) * (threads - 1) / (cores - 1) if cores > 1 else 1.0
+
+    threads = max(1, cores // busy)
+    return speed(threads) / speed(cores) * min(1.0, cores / busy)
+
+
 class _Loop:
     def __init__(self):
         self.now = 0.0
@@ -101,17 +121,17 @@ class _Loop:
 
 
 class _Host:
-    """Processor sharing: jobs progress at min(1, cores / jobs) of their solo speed."""
+    """Processor sharing: with n forwards running, each progresses at `share(n)` of its solo speed."""
 
-    def __init__(self, loop: _Loop, cores: int):
-        self.loop, self.cores = loop, cores
+    def __init__(self, loop: _Loop, cores: int, speedup: float = 1.0):
+        self.loop, self.cores, self.speedup = loop, cores, speedup
         self.jobs: dict[int, list] = {}  # id -> [remaining solo seconds, callback]
         self.last = 0.0
         self.version = 0
         self.ids = itertools.count()
 
     def _rate(self) -> float:
-        return min(1.0, self.cores / len(self.jobs)) if self.jobs else 1.0
+        return thread_share(len(self.jobs), self.cores, self.speedup)
 
     def _advance(self) -> None:
         now, rate = self.loop.now, self._rate()
@@ -170,21 +190,19 @@ class _Prefill:
             return
         self.turn = (self.groups.index(group) + 1) % len(self.groups)
         queue, costs = self.queues[group], self.sim.prefill_costs
-        batch = [queue.popleft()]
-        width = batch[0].request.prompt_tokens
+        batch, rows, tokens = [], [], 0
         while queue and len(batch) < costs.max_batch:
-            nxt = queue[0].request.prompt_tokens
-            if max(width, nxt) * (len(batch) + 1) > costs.max_prefill_tokens:
+            request = queue[0].request
+            hit = self.sim.prefix_cache and self.has_prefix(group, request.prefix_id)
+            cached = request.prefix_tokens if hit else 0
+            new = request.prompt_tokens - cached
+            if batch and tokens + new > costs.max_prefill_tokens:
                 break
-            batch.append(queue.popleft())
-            width = max(width, nxt)
-        rows = []
-        for trace in batch:
-            trace.prefill_start = self.sim.loop.now
-            request = trace.request
-            cached = request.prefix_tokens if self.sim.prefix_cache and self.has_prefix(group, request.prefix_id) else 0
-            trace.prefix_hit = cached > 0
-            rows.append((request.prompt_tokens - cached, cached))
+            trace = queue.popleft()
+            trace.prefill_start, trace.prefix_hit = self.sim.loop.now, cached > 0
+            batch.append(trace)
+            rows.append((new, cached))
+            tokens += new
         seconds = costs.prefill(rows)
         self.busy = True
         self.busy_time += seconds
@@ -274,12 +292,12 @@ class _Decode:
 
 
 class _Sim:
-    def __init__(self, plan, requests, prefill_costs, decode_costs, shared_host_cores, prefix_cache):
+    def __init__(self, plan, requests, prefill_costs, decode_costs, shared_host_cores, prefix_cache, speedup):
         self.plan, self.prefill_costs, self.decode_costs = plan, prefill_costs, decode_costs
         self.prefix_cache = prefix_cache
         self.loop = _Loop()
         self.batches: list[int] = []
-        shared = _Host(self.loop, shared_host_cores) if shared_host_cores else None
+        shared = _Host(self.loop, shared_host_cores, speedup) if shared_host_cores else None
         decode_count = len(plan.decode)
 
         def host() -> _Host:
@@ -318,9 +336,10 @@ class _Sim:
 
 
 def simulate(plan: ClusterPlan, requests: list[SimRequest], prefill_costs, decode_costs, *,
-             shared_host_cores: int | None = None, prefix_cache: bool = True) -> SimOutcome:
+             shared_host_cores: int | None = None, prefix_cache: bool = True,
+             thread_speedup: float = 1.0) -> SimOutcome:
     """Run every request to completion; see the module docstring for the rules."""
-    sim = _Sim(plan, requests, prefill_costs, decode_costs, shared_host_cores, prefix_cache)
+    sim = _Sim(plan, requests, prefill_costs, decode_costs, shared_host_cores, prefix_cache, thread_speedup)
     sim.loop.run()
     unfinished = [t for t in sim.traces if not t.done]
     if unfinished:  # a bug, not a user error: every request must finish
