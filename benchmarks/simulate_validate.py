@@ -71,7 +71,7 @@ def simulate(profile: str, artifacts: list[str], rate: float, count: int, output
     for layout, label in (("sun", "shared"), ("dedicated", "dedicated")):
         plan = plan_cluster(ClusterConfig(layout=layout, models=len(artifacts), prefill_devices=len(artifacts),
                                           decode_devices=1, shared_host_cores=prof.cores))
-        outcome = run(plan, requests, costs, costs, shared_host_cores=prof.cores)
+        outcome = run(plan, requests, costs, costs, shared_host_cores=prof.cores, thread_speedup=prof.thread_speedup)
         out[label] = summarize(outcome, plan.devices, SLOTarget())
     return out
 
@@ -85,13 +85,16 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=32)
     parser.add_argument("--output-len", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile-batches", default="1,2,4,8,16,32")
+    parser.add_argument("--profile-contexts", default="32,128,384")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     loads = {"start": load_average()}
     profile = args.profile or str(out / "profile.json")
     if not args.profile:
-        suntool("bench", "--local", args.artifacts[0], "--profile", profile)
+        suntool("bench", "--local", args.artifacts[0], "--profile", profile, "--profile-batches", args.profile_batches,
+                "--profile-contexts", args.profile_contexts)
         loads["after_profile"] = load_average()
     bench = args.bench or str(out / "bench" / "bench.json")
     if not args.bench:
