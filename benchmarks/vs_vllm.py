@@ -43,7 +43,7 @@ def parse(argv=None):
     parser.add_argument("--output-len", type=int, default=64)
     parser.add_argument("--dtype", default="auto", help="both servers' dtype; auto: the CPU's best (see above)")
     parser.add_argument("--max-model-len", type=int, default=2048)
-    parser.add_argument("--kv-cache-gib", type=int, default=2, help="vLLM's VLLM_CPU_KVCACHE_SPACE")
+    parser.add_argument("--kv-cache-gib", type=float, default=2, help="vLLM's KV cache (VLLM_CPU_KVCACHE_SPACE)")
     parser.add_argument("--enforce-eager", action="store_true", help="pass --enforce-eager to vLLM (no compile)")
     parser.add_argument("--served-name", default="model")
     parser.add_argument("--vllm-arg", action="append", default=[], help="extra vLLM flag (repeatable)")

@@ -32,8 +32,10 @@ weights, a plain HF dir), `export/lora/NAME` (the PEFT adapter, its base path po
 `export/base`) and `export/full/NAME` (the full fine-tune, a plain HF dir), hardlinked where
 possible. Every vLLM server gets `--max-model-len`, `VLLM_CPU_KVCACHE_SPACE=--kv-cache-gib`
 (default 1 GiB) and `--enforce-eager` (default on; `--no-enforce-eager` to compile), so four
-instances fit in memory at once. Both engines run in `--dtype` (auto: the CPU's best, printed
-with its flags). Not a test; the preparation takes a while on a CPU, the vLLM starts ~3 min.
+instances fit in memory at once (~4.2 GiB each; `--vllm-env VLLM_ENABLE_V1_MULTIPROCESSING=0`: ~3.3);
+they start one after the other and a start that would not fit is refused (`vllm_harness.running`).
+Both engines run in `--dtype` (auto: the CPU's best, printed with its flags). Not a test; the
+preparation takes a while on a CPU, each vLLM start ~2-4 min.
 """
 
 from __future__ import annotations
@@ -81,7 +83,8 @@ def parse(argv=None):
     parser.add_argument("--dtype", default="auto", help="both engines' dtype; auto: the CPU's best")
     parser.add_argument("--decode-workers", type=int, default=1, help="suntool's shared decode workers")
     parser.add_argument("--max-model-len", type=int, default=1024)
-    parser.add_argument("--kv-cache-gib", type=int, default=1, help="VLLM_CPU_KVCACHE_SPACE of every vLLM server")
+    parser.add_argument("--kv-cache-gib", type=float, default=1,
+                        help="GiB of KV cache per vLLM server (VLLM_CPU_KVCACHE_SPACE; fractions too)")
     parser.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--vllm-arg", action="append", default=[], help="extra flag for every vLLM server")
     parser.add_argument("--vllm-env", action="append", default=[], metavar="KEY=VALUE",
@@ -194,18 +197,6 @@ def _env_pairs(items: list[str]) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
-def _warn_memory(launches, kv_cache_gib: int) -> None:
-    """Warn when the servers about to start may not fit (measured: ~3.2 GiB + the KV cache per SmolLM2-135M
-    fp32 server in vLLM's default three processes; ~0.9 GiB less with VLLM_ENABLE_V1_MULTIPROCESSING=0)."""
-    available = vllm_harness.available_memory_gib()
-    lean = all(dict(launch.extra_env).get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0" for launch in launches)
-    needed = len(launches) * ((2.3 if lean else 3.2) + kv_cache_gib)
-    if available is not None and available < needed:
-        print(f"warning: {len(launches)} vLLM server(s) need about {needed:.0f} GiB, {available:.1f} GiB is available; "
-              "if they are killed, free memory or pass --vllm-env VLLM_ENABLE_V1_MULTIPROCESSING=0 (one process "
-              "per server)", flush=True)
-
-
 def _bench(config, say=print) -> tuple[dict | None, str | None]:
     """run_bench, or (None, the error) when the server refuses the load."""
     from suntool.bench.runner import run_bench
@@ -244,7 +235,6 @@ def run_layouts(args, paths: dict, dtype: str) -> dict:
             else:
                 launches = [vllm_harness.VllmLaunch(model=path, served_name=name, **vllm_common)
                             for name, path in zip(names, paths["full"], strict=True)]
-            _warn_memory(launches, args.kv_cache_gib)
             try:
                 with vllm_harness.running(launches, out, timeout=args.start_timeout) as servers:
                     if layout == "vllm-lora":
