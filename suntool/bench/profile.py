@@ -9,9 +9,9 @@ through its public API only (`Engine.from_artifacts`, `EngineConfig`, `submit`,
   step time is the median gap between token events while all B sequences decode together
   (from the last sequence's first token to the first sequence's last token);
 - prefill: for every prompt length P (and a few batched points), one (or B) request(s)
-  of P tokens and one output token, queued behind a short blocker request so they
-  prefill as one batch; from the end of the blocker's prefill to the batch's first
-  tokens, less one decode step at (B, P) measured above, is the prefill forward.
+  of P tokens and two output tokens submitted together, as a burst reaches the engine;
+  from the submit to the last first token, less one decode step (the gap to the second
+  token in the same run), is the prefill time of P (or B·P packed) tokens.
 
 A decode point is the median of its step gaps (one run); a prefill point the median of
 `repeats` runs. Then a second engine with `torch_threads=1` times a few decode steps again: the ratio is
@@ -132,13 +132,14 @@ def _decode_step(engine, rng, batch: int, context: int, steps: int, vocab: int) 
     return statistics.median(gaps)  # the median step: robust to a stall caused by other jobs on the machine
 
 
-def _prefill_time(engine, rng, batch: int, tokens: int, vocab: int, step) -> float:
-    """The batch's prefill starts when the blocker's ends (its token is one batch-1 decode step later)
-    and ends one decode step at (batch, tokens) before the batch's last first token."""
-    blocker, recorders = _blocked_run(engine, rng, _prompts(rng, batch, tokens, vocab), 1, vocab)
-    start = blocker.times[0][0] - step(1, BLOCKER_TOKENS)
-    end = max(r.times[-1][0] for r in recorders) - step(batch, tokens)
-    return max(end - start, 1e-5)
+def _prefill_time(engine, rng, batch: int, tokens: int, vocab: int) -> float:
+    """B prompts of `tokens` tokens and two output tokens each: from the submit to the last first token,
+    less one decode step (the gap between first and second tokens, measured in the same run)."""
+    start, recorders = _run(engine, _prompts(rng, batch, tokens, vocab), 2)
+    last_first = max(r.times[0][0] for r in recorders)
+    step = statistics.median((r.times[-1][0] - r.times[0][0]) / max(1, r.times[-1][1]) for r in recorders
+                             if len(r.times) > 1) if any(len(r.times) > 1 for r in recorders) else 0.0
+    return max(last_first - start - step, 1e-5)
 
 
 def measure_profile(config: ProfileConfig, say: Say | None = None) -> dict:
@@ -169,18 +170,11 @@ def measure_profile(config: ProfileConfig, say: Say | None = None) -> dict:
                 say(f"decode batch {batch:>3} context {context:>5}: {row[-1] * 1e3:.1f} ms/step")
             grid.append(row)
 
-        def step(batch: int, context: int) -> float:
-            from suntool.simulate.profile import interp
-
-            per_context = [interp(list(config.batch_sizes), [r[c] for r in grid], batch)
-                           for c in range(len(config.contexts))]
-            return interp(list(config.contexts), per_context, context)
-
         points = []
         shapes = [(1, p) for p in config.prefill_tokens] + list(config.prefill_batches)
         for batch, tokens in shapes:
             seconds = statistics.median(
-                [_prefill_time(engine, rng, batch, tokens, vocab, step) for _ in range(config.repeats)])
+                [_prefill_time(engine, rng, batch, tokens, vocab) for _ in range(config.repeats)])
             points.append({"batch": batch, "prompt_tokens": tokens, "seconds": seconds})
             say(f"prefill batch {batch:>3} × {tokens:>5} tokens: {seconds * 1e3:.1f} ms")
         stats = engine.stats()
