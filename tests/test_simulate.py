@@ -31,6 +31,7 @@ class Fixed:
     max_batch: int = 8
     max_prefill_tokens: int = 10**9
     capacity: int | None = None
+    round_robin: bool = True
 
     def prefill(self, rows):
         return self.prefill_s
@@ -69,6 +70,15 @@ def test_saturated_single_instance_runs_batch_per_step_time():
     assert summary.mean_decode_batch == pytest.approx(8, rel=3e-3)
     exact = summarize(run("sun", [SimRequest(i, 0.0, 0, 10, 1000) for i in range(8)], costs, decode=1), 1, SLOTarget())
     assert exact.output_token_throughput == pytest.approx(8 / 0.1, rel=1e-6)
+
+
+def test_without_round_robin_at_most_max_batch_sequences_run():
+    costs = Fixed(prefill_s=1e-6, step_s=0.1, max_batch=8, round_robin=False)
+    outcome = run("sun", [SimRequest(i, 0.0, 0, 10, 10) for i in range(16)], costs, decode=1)
+    firsts = sorted(t.first_token for t in outcome.traces)
+    assert firsts[:8] == [pytest.approx(0.1, abs=1e-5)] * 8  # the first eight run
+    assert firsts[8:] == [pytest.approx(1.1, abs=1e-5)] * 8  # the rest wait until they finish
+    assert max(t.tpot for t in outcome.traces) == pytest.approx(0.1)
 
 
 def test_kv_capacity_limits_the_batch():

@@ -42,6 +42,7 @@ class Roofline:
     link_bandwidth: float = 50e9  # bytes/s between a prefill and a decode instance (400 Gb/s)
     max_batch: int = 256
     max_prefill_tokens: int = 8192
+    round_robin: bool = False  # at most max_batch sequences run; the rest wait (vLLM's max_num_seqs)
 
     @property
     def label(self) -> str:
@@ -101,6 +102,7 @@ class Roofline:
 @dataclass(frozen=True)
 class ProfileCosts:
     profile: Profile
+    round_robin: bool = True  # the local engine admits every sequence that fits; max_batch per forward, in turn
 
     @property
     def label(self) -> str:

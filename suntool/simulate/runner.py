@@ -31,7 +31,7 @@ from suntool.simulate.sim import SimOutcome, simulate
 from suntool.simulate.workload import SimRequest, WorkloadConfig, make_requests
 
 ATTAINMENT = 0.9
-MAX_SEARCH_REQUESTS = 5000
+MAX_SEARCH_REQUESTS = 8000
 SWEEPABLE = ("models", "zipf", "rate", "prompt_len", "output_len", "decode_devices")
 
 

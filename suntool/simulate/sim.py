@@ -15,9 +15,11 @@
   its decode group (load = sequences running or waiting there: model-agnostic for a
   shared group);
 - a decode instance admits waiting sequences at the start of each iteration while their
-  whole context (prompt + output) fits its KV capacity, then runs one forward per group
-  over up to `max_batch` of that group's running sequences (continuous batching: one
-  token per sequence per forward; a sequence's first token comes from its first decode
+  whole context (prompt + output) fits its KV capacity and, unless the cost model says
+  `round_robin` (the local engine: every admitted sequence runs, `max_batch` of them per
+  forward in turn), while fewer than `max_batch` run (vLLM's max_num_seqs); then it runs
+  one forward per group over up to `max_batch` of that group's running sequences
+  (continuous batching: one token per sequence per forward; a sequence's first token comes from its first decode
   forward, the `decode` first-token convention);
 - every forward is a job on its instance's host: a device per instance, or with
   `shared_host_cores` one host whose cores the running forwards share (processor
@@ -246,9 +248,12 @@ class _Decode:
             self.sim.loop.at(self.sim.loop.now, self._iteration)
 
     def _iteration(self) -> None:
+        cap = None if self.sim.decode_costs.round_robin else self.sim.decode_costs.max_batch
         while self.inbox:
             need = self.inbox[0].prompt + self.inbox[0].output
             if self.capacity is not None and self.reserved + need > self.capacity:
+                break
+            if cap is not None and sum(len(r) for r in self.running.values()) >= cap:
                 break
             trace = self.inbox.popleft()
             self.reserved += need
