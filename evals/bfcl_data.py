@@ -6,7 +6,8 @@ list of turns, each a list of `{"role", "content"}`), `function` (the offered fu
 and `possible_answer/BFCL_v4_<category>.json` (`id`, `ground_truth`: a list of
 `{function name: {parameter: [allowed values]}}`). suntool never installs or imports
 `bfcl-eval` (its pins clash with suntool's): `fetch()` (`python -m suntool.evals.bfcl_data`, or
-`make bfcl-data`, which `make setup` runs) downloads the wheel with `pip download --no-deps`
+`make bfcl-data`, which `make setup` runs; nothing to do when the files are there, `--force`
+refetches) downloads the wheel with `pip download --no-deps`
 and unpacks only the data files of `CATEGORIES` into `data_dir()`, atomically. Nothing is
 downloaded at evaluation time.
 
@@ -143,7 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m suntool.evals.bfcl_data", description=fetch.__doc__)
     parser.add_argument("dest", nargs="?", type=Path, help=f"default: {data_dir()}")
     parser.add_argument("--wheel", type=Path, help="a bfcl_eval wheel already downloaded")
+    parser.add_argument("--force", action="store_true", help="fetch again even if every file is there")
     args = parser.parse_args(argv)
+    target = args.dest if args.dest is not None else data_dir()
+    if not args.force and all((target / n).is_file() for c in CATEGORIES.values() for n in relative_files(c)):
+        print(f"{target} (already there; --force fetches again)")
+        return 0
     try:
         print(fetch(args.dest, args.wheel))
     except SuntoolError as err:

@@ -265,3 +265,14 @@ def test_right_answers_to_the_real_questions_pass_and_spoiled_ones_fail():
             assert bfcl.score(gold_call(truth, spoil=True), doc) == 0.0, doc["id"]
     # two answers BFCL's own checker rejects too (their answer does not fit their function doc)
     assert rejected == ["parallel_multiple_12", "parallel_multiple_26"]
+
+
+def test_fetch_command_skips_when_the_data_is_there(tmp_path, capsys):
+    wheel = tmp_path / "bfcl_eval-0-py3-none-any.whl"
+    _fake_wheel(wheel)
+    assert bfcl_data.main([str(tmp_path / "d"), "--wheel", str(wheel)]) == 0
+    (tmp_path / "d" / "SOURCE.json").unlink()
+    assert bfcl_data.main([str(tmp_path / "d"), "--wheel", str(wheel)]) == 0
+    assert "already there" in capsys.readouterr().out and not (tmp_path / "d" / "SOURCE.json").exists()
+    assert bfcl_data.main([str(tmp_path / "d"), "--wheel", str(wheel), "--force"]) == 0
+    assert (tmp_path / "d" / "SOURCE.json").exists()
