@@ -8,7 +8,8 @@
 2. runs `suntool bench --local ART... --compare --decode-workers 1 --workload zipf:1.0
    --rate 1 --rate 2 --rate inf -n 32 --output-len 32` (shared vs --no-share);
 3. replays the bench's own planned requests (same seed: arrival times, models, prompts
-   tokenized with the artifact's tokenizer, 32 output tokens) through the simulator
+   tokenized with the artifact's tokenizer, 32 output tokens, and the prompt blocks the
+   server's prefix cache already holds from earlier requests and rates) through the simulator
    with that profile (layouts `sun` = shared, `dedicated` = --no-share; one prefill
    thread per model, one decode worker, all threads on the profile's cores);
 4. prints predicted vs measured output tokens/s and TPOT p50 (and TTFT p50) with the
@@ -41,7 +42,15 @@ def load_average() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def planned_requests(artifacts: list[str], rate: float, count: int, output_len: int, seed: int):
+BLOCK = 16  # the engine's KV block: its prefix cache holds full blocks of prompt[:-1], per prefill group
+
+
+def planned_requests(artifacts: list[str], rate: float, count: int, output_len: int, seed: int, cache: dict):
+    """The bench's requests for `rate`, with the prompt tokens the server's prefix cache already holds.
+
+    The server keeps its prefix cache across the rates it is benched at (the same prompts each time), so
+    `cache` (model -> set of block-prefix tuples) carries over from one rate to the next, as on the server.
+    """
     from transformers import AutoTokenizer
 
     from suntool.bench.workload import WorkloadSpec, plan_requests
@@ -50,14 +59,19 @@ def planned_requests(artifacts: list[str], rate: float, count: int, output_len: 
     names = [Path(a).name for a in artifacts]
     tokenizer = AutoTokenizer.from_pretrained(str(Path(artifacts[0]) / "prefill"))
     spec = WorkloadSpec(popularity="zipf", alpha=1.0, dataset="tasks", output_len=output_len, seed=seed)
-    planned = plan_requests(spec, names, count, rate)
-    return requests_from_records([
-        (p.at, names.index(p.model), len(tokenizer(p.prompt, add_special_tokens=True)["input_ids"]), p.max_tokens)
-        for p in planned
-    ])
+    records = []
+    for p in plan_requests(spec, names, count, rate):
+        ids = tokenizer(p.prompt, add_special_tokens=True)["input_ids"]
+        seen = cache.setdefault(p.model, set())
+        blocks = [tuple(ids[: (i + 1) * BLOCK]) for i in range((len(ids) - 1) // BLOCK)]
+        hits = next((i for i, b in enumerate(blocks) if b not in seen), len(blocks))
+        seen.update(blocks)
+        records.append((p.at, names.index(p.model), len(ids), p.max_tokens, hits * BLOCK))
+    return requests_from_records(records)
 
 
-def simulate(profile: str, artifacts: list[str], rate: float, count: int, output_len: int, seed: int) -> dict:
+def simulate(profile: str, artifacts: list[str], rate: float, count: int, output_len: int, seed: int,
+             cache: dict) -> dict:
     from suntool.simulate.cluster import ClusterConfig, plan_cluster
     from suntool.simulate.costs import ProfileCosts
     from suntool.simulate.metrics import SLOTarget, summarize
@@ -66,7 +80,7 @@ def simulate(profile: str, artifacts: list[str], rate: float, count: int, output
 
     prof = load_profile(profile)
     costs = ProfileCosts(prof)
-    requests = planned_requests(artifacts, rate, count, output_len, seed)
+    requests = planned_requests(artifacts, rate, count, output_len, seed, cache)
     out = {}
     for layout, label in (("sun", "shared"), ("dedicated", "dedicated")):
         plan = plan_cluster(ClusterConfig(layout=layout, models=len(artifacts), prefill_devices=len(artifacts),
@@ -104,10 +118,10 @@ def main() -> None:
                 "-o", str(out / "bench"))
         loads["after_bench"] = load_average()
     measured = json.loads(Path(bench).read_text())["runs"]
-    rows = []
+    rows, cache = [], {}
     for rate_text in RATES:
         rate = math.inf if rate_text == "inf" else float(rate_text)
-        predicted = simulate(profile, args.artifacts, rate, args.n, args.output_len, args.seed)
+        predicted = simulate(profile, args.artifacts, rate, args.n, args.output_len, args.seed, cache)
         for label in ("shared", "dedicated"):
             run = next(r for r in measured if r["config"] == label and
                        (r["rate"] == rate or (math.isinf(rate) and r["rate"] in ("inf", "Infinity", None)

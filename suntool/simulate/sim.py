@@ -196,7 +196,7 @@ class _Prefill:
         while queue and len(batch) < costs.max_batch:
             request = queue[0].request
             hit = self.sim.prefix_cache and self.has_prefix(group, request.prefix_id)
-            cached = request.prefix_tokens if hit else 0
+            cached = max(request.prefix_tokens if hit else 0, request.cached_tokens)
             new = request.prompt_tokens - cached
             if batch and tokens + new > costs.max_prefill_tokens:
                 break

@@ -43,6 +43,7 @@ class SimRequest:
     output_tokens: int
     prefix_id: int | None = None
     prefix_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens already cached when it arrives (a replayed benchmark's warm server)
 
 
 @dataclass(frozen=True)
@@ -157,8 +158,9 @@ def make_requests(config: WorkloadConfig) -> list[SimRequest]:
     return out
 
 
-def requests_from_records(records: list[tuple[float, int, int, int]]) -> list[SimRequest]:
-    """Requests from (arrival s, model index, prompt tokens, output tokens) tuples, in arrival order."""
+def requests_from_records(records: list[tuple]) -> list[SimRequest]:
+    """Requests from (arrival s, model index, prompt tokens, output tokens[, cached prompt tokens]) tuples,
+    in arrival order."""
     ordered = sorted(records, key=lambda r: r[0])
-    return [SimRequest(id=i, arrival=a, model=m, prompt_tokens=p, output_tokens=o)
-            for i, (a, m, p, o) in enumerate(ordered)]
+    return [SimRequest(id=i, arrival=r[0], model=r[1], prompt_tokens=r[2], output_tokens=r[3],
+                       cached_tokens=r[4] if len(r) > 4 else 0) for i, r in enumerate(ordered)]
