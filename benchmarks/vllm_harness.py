@@ -11,7 +11,9 @@ What both scripts share, and nothing else:
   settings: `VLLM_CPU_NUM_OF_RESERVED_CPU=0`, `VLLM_CPU_KVCACHE_SPACE` GiB of KV cache (a
   fraction of a GiB goes as `--kv-cache-memory-bytes` instead, which the variable would override),
   `LD_PRELOAD` of the venv's `libiomp5.so` (Intel OpenMP, as vLLM's CPU docs ask), optional
-  `--enforce-eager`, LoRA modules;
+  `--enforce-eager`, LoRA modules, `VLLM_CPU_OMP_THREADS_BIND` cores (`core_shares` splits the
+  cores between several servers: vLLM's OpenMP workers spin-wait, so servers bound to the same
+  cores, its default, slow each other down by orders of magnitude);
 - `VllmServer`: starts it (own process group, log file), waits for `/health`, stops it with
   SIGTERM (SIGKILL after 60 s). A server that exits or never gets healthy raises
   `VllmStartError` carrying the tail of its log, so a caller can report vLLM's exact error.
@@ -103,6 +105,17 @@ def check_vllm_python(vllm_python: str | Path) -> None:
                          "of a venv with vllm-cpu)")
 
 
+def core_shares(count: int, cores: list[int] | None = None) -> list[str]:
+    """`count` VLLM_CPU_OMP_THREADS_BIND values: contiguous disjoint shares of the cores, or one core each, round
+    robin, when there are more servers than cores (as `suntool deploy vllm --cpu-bind auto` does)."""
+    cores = sorted(cores if cores is not None else os.sched_getaffinity(0))
+    if count <= len(cores):
+        shares = [cores[i * len(cores) // count:(i + 1) * len(cores) // count] for i in range(count)]
+    else:
+        shares = [[cores[i % len(cores)]] for i in range(count)]
+    return [",".join(map(str, share)) for share in shares]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -122,6 +135,7 @@ class VllmLaunch:
     max_lora_rank: int = 16
     extra_args: tuple[str, ...] = ()
     extra_env: tuple[tuple[str, str], ...] = ()
+    cpu_cores: str | None = None  # VLLM_CPU_OMP_THREADS_BIND, e.g. "0" or "0,1"; None: vLLM's default (all)
 
     def command(self, port: int) -> list[str]:
         command = [self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model,
@@ -146,6 +160,8 @@ class VllmLaunch:
         if iomp is not None:
             preload = [p for p in env.get("LD_PRELOAD", "").split(":") if p and "libiomp" not in p]
             env["LD_PRELOAD"] = ":".join([str(iomp), *preload])
+        if self.cpu_cores is not None:
+            env["VLLM_CPU_OMP_THREADS_BIND"] = self.cpu_cores
         env.update(dict(self.extra_env))
         return env
 
@@ -173,7 +189,8 @@ class VllmServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "w")  # noqa: SIM115 - lives as long as the process
         self.say(f"starting vLLM ({self.launch.served_name}): LD_PRELOAD={env.get('LD_PRELOAD', '')} "
-                 f"VLLM_CPU_KVCACHE_SPACE={env.get('VLLM_CPU_KVCACHE_SPACE', '-')} {' '.join(command)} "
+                 f"VLLM_CPU_KVCACHE_SPACE={env.get('VLLM_CPU_KVCACHE_SPACE', '-')} "
+                 f"VLLM_CPU_OMP_THREADS_BIND={env.get('VLLM_CPU_OMP_THREADS_BIND', 'auto')} {' '.join(command)} "
                  f"(log: {self.log_path})")
         self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         return self

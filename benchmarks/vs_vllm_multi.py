@@ -34,6 +34,9 @@ possible. Every vLLM server gets `--max-model-len`, `VLLM_CPU_KVCACHE_SPACE=--kv
 (default 1 GiB) and `--enforce-eager` (default on; `--no-enforce-eager` to compile), so four
 instances fit in memory at once (~4.2 GiB each; `--vllm-env VLLM_ENABLE_V1_MULTIPROCESSING=0`: ~3.3);
 they start one after the other and a start that would not fit is refused (`vllm_harness.running`).
+`--cpu-bind auto` (default) binds the instances' OpenMP threads to their own cores (one core each,
+round robin, when there are more instances than cores): vLLM's OpenMP workers spin-wait, and
+instances on the same cores (vLLM's default) slow each other down badly.
 Both engines run in `--dtype` (auto: the CPU's best, printed with its flags). Not a test; the
 preparation takes a while on a CPU, each vLLM start ~2-4 min.
 """
@@ -86,6 +89,8 @@ def parse(argv=None):
     parser.add_argument("--kv-cache-gib", type=float, default=1,
                         help="GiB of KV cache per vLLM server (VLLM_CPU_KVCACHE_SPACE; fractions too)")
     parser.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--cpu-bind", choices=("auto", "none"), default="auto",
+                        help="auto: each of the four instances gets its own share of the cores; none: vLLM's default")
     parser.add_argument("--vllm-arg", action="append", default=[], help="extra flag for every vLLM server")
     parser.add_argument("--vllm-env", action="append", default=[], metavar="KEY=VALUE",
                         help="extra environment variable for every vLLM server")
@@ -233,8 +238,9 @@ def run_layouts(args, paths: dict, dtype: str) -> dict:
                     model=paths["base"], served_name="base", lora_modules=tuple(zip(names, paths["lora"], strict=True)),
                     max_lora_rank=args.lora_rank, **vllm_common)]
             else:
-                launches = [vllm_harness.VllmLaunch(model=path, served_name=name, **vllm_common)
-                            for name, path in zip(names, paths["full"], strict=True)]
+                cores = vllm_harness.core_shares(len(names)) if args.cpu_bind == "auto" else [None] * len(names)
+                launches = [vllm_harness.VllmLaunch(model=path, served_name=name, cpu_cores=share, **vllm_common)
+                            for name, path, share in zip(names, paths["full"], cores, strict=True)]
             try:
                 with vllm_harness.running(launches, out, timeout=args.start_timeout) as servers:
                     if layout == "vllm-lora":
