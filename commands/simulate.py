@@ -127,15 +127,19 @@ def simulate_command(
         written = [str(json_path)]
         if parameter:
             png = Path(out) / "simulate.png"
-            plot_sweep(rows, parameter, png, title=f"{costs.label} · {_describe(config)}", slo=config.slo.given)
+            title = f"{costs.label} · {_describe(config, parameter)}"
+            plot_sweep(rows, parameter, png, title=title, slo=config.slo.given)
             written.append(str(png))
         console.print(f"wrote {' and '.join(written)}", markup=False)
 
 
-def _describe(config) -> str:
+def _describe(config, swept: str | None = None) -> str:
     w = config.workload
     lengths = w.lengths or f"prompt {w.prompt_len}"
-    return (f"{w.models} models, zipf {w.alpha:g}, {w.rate:g} req/s {w.arrivals}, {lengths}, output "
+    models = "models swept" if swept == "models" else f"{w.models} models"
+    zipf = "zipf swept" if swept == "zipf" else f"zipf {w.alpha:g}"
+    rate = "rate swept" if swept == "rate" else f"{w.rate:g} req/s"
+    return (f"{models}, {zipf}, {rate} {w.arrivals}, {lengths}, output "
             f"{w.output_len or 'default'}" + (f", SLO TTFT {config.slo.ttft:g}s TPOT {config.slo.tpot:g}s"
                                                if config.slo.ttft and config.slo.tpot else ""))
 
@@ -183,7 +187,7 @@ def _print_sweep(rows, parameter: str, config) -> None:
     layouts = [r.layout for r in rows[0]["results"]]
     metric = ("tok/s per device at the highest rate meeting the SLOs" if config.capacity and config.slo.given else
               "tok/s per device needed to meet the SLOs" if config.slo.given and config.search else "tok/s per device")
-    table = Table(title=f"{metric} · {_describe(config)}", title_justify="left")
+    table = Table(title=f"{metric} · {_describe(config, parameter)}", title_justify="left")
     table.add_column(parameter, justify="right")
     for layout in layouts:
         table.add_column(layout, justify="right")
