@@ -228,6 +228,14 @@ def bind_cores(instances: list[Instance], cores: list[int] | None = None) -> lis
             for inst, share in zip(instances, shares, strict=True)]
 
 
+def _served_as(inst: Instance, adapter: str | None, model: str) -> str:
+    """The model name to send to `inst` for a task model: its LoRA adapter's registered name, or the instance's."""
+    if not inst.lora_modules:
+        return inst.served_name
+    return next((name for name, path in inst.lora_modules if path == adapter and name == model),
+                next((name for name, path in inst.lora_modules if path == adapter), model))
+
+
 def make_plan(config: DeployConfig) -> DeployPlan:
     """Check the artifacts and decide the instances and the routes (no files written, no weights loaded)."""
     from suntool.serve.models import plan_models
@@ -328,9 +336,9 @@ def make_plan(config: DeployConfig) -> DeployPlan:
             length = min(length, config.max_model_len)
         routed.append(RoutedModel(
             name=spec.name, artifact=str(spec.ref.path.resolve()), prefill_pool=prefill_pool,
-            prefill_model=spec.name if first_prefill.lora_modules else first_prefill.served_name,
+            prefill_model=_served_as(first_prefill, plan.groups[spec.prefill_group].weights.adapter, spec.name),
             decode_pool=decode_pool,
-            decode_model=spec.name if first_decode.lora_modules else first_decode.served_name,
+            decode_model=_served_as(first_decode, plan.groups[spec.decode_group].weights.adapter, spec.name),
             kv_key=kv_key_of(spec), max_model_len=length,
         ))
     ports = [inst.port for inst in instances]
