@@ -102,7 +102,7 @@ test-interop-bfcl: $(BFCL_STAMP)
 # `suntool deploy vllm` on real vLLM servers started from .venv-vllm (tiny fp32 models, a few minutes on 2 cores).
 test-vllm: $(VLLM_STAMP)
 	$(BIN)/pytest -q -m vllm -p no:cacheprovider tests/test_deploy_vllm_sun.py tests/test_deploy_vllm_prefillshare.py \
-	  tests/test_deploy_vllm_qsun.py
+	  tests/test_deploy_vllm_lora.py tests/test_deploy_vllm_qsun.py
 
 test-fast: lint
 	$(BIN)/pytest -q -m "not slow and not interop and not vllm"
