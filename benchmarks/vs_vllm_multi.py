@@ -283,6 +283,9 @@ def ratios(results: dict) -> list[dict]:
 
 
 def print_table(rows: list[dict]) -> None:
+    if not rows:
+        print("\n(no ratios: they need the suntool layout and at least one vLLM layout in the same run)")
+        return
     print("\nsuntool (SUN-LoRA, shared decode) / vLLM: throughput > 1 = suntool faster, latency < 1 = sooner")
     print("| rate | vs | output tok/s (target) | TPOT p50 | TTFT p50 | e2e p99 |")
     print("|---|---|---:|---:|---:|---:|")
