@@ -162,15 +162,25 @@ class VllmLaunch:
             env["LD_PRELOAD"] = ":".join([str(iomp), *preload])
         if self.cpu_cores is not None:
             env["VLLM_CPU_OMP_THREADS_BIND"] = self.cpu_cores
+            if self.lean and iomp is not None:
+                # vLLM applies the binding only when it spawns a worker process (its multiproc executor); in one
+                # process (VLLM_ENABLE_V1_MULTIPROCESSING=0) set what it would set (utils/ompmultiprocessing.py)
+                cores = self.cpu_cores.split(",")
+                env.update({"OMP_NUM_THREADS": str(len(cores)), "KMP_BLOCKTIME": "5", "KMP_TPAUSE": "0",
+                            "KMP_AFFINITY": f"granularity=fine,explicit,proclist=[{self.cpu_cores}]"})
         env.update(dict(self.extra_env))
         return env
+
+    @property
+    def lean(self) -> bool:
+        """VLLM_ENABLE_V1_MULTIPROCESSING=0: the model runs in the engine core process (one process less)."""
+        return dict(self.extra_env).get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
 
 
     def memory_gib(self) -> float:
         """Estimated resident memory: measured 4.2 GiB for SmolLM2-135M fp32 with a 1 GiB KV cache in vLLM's
         three processes (API server, engine core, worker), 3.3 GiB with VLLM_ENABLE_V1_MULTIPROCESSING=0."""
-        lean = dict(self.extra_env).get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
-        return (2.3 if lean else 3.2) + self.kv_cache_gib
+        return (2.3 if self.lean else 3.2) + self.kv_cache_gib
 
 
 class VllmServer:
