@@ -27,9 +27,11 @@ def serve_command(
     max_model_len: int = typer.Option(None, "--max-model-len", min=2, help="Context length (default: the model's)."),
     max_batch: int = typer.Option(64, "--max-batch", min=1, help="Sequences per decode forward."),
     no_prefix_cache: bool = typer.Option(False, "--no-prefix-cache", help="Do not reuse prompt K/V blocks."),
-    dtype: str = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 (default: float32 on CPU)."),
+    dtype: str = typer.Option(
+        None, "--dtype", help="float32|bfloat16|float16 (CPU default: bf16 if it has bf16 matmul, else fp32)."
+    ),
     device: str = typer.Option("cpu", "--device", help="Torch device for the models and the KV pool."),
-    torch_threads: int = typer.Option(None, "--torch-threads", min=1, help="torch intra-op threads."),
+    torch_threads: int = typer.Option(None, "--torch-threads", min=1, help="Intra-op threads per busy engine thread."),
     drain_timeout: float = typer.Option(60.0, "--drain-timeout", min=0, help="Seconds SIGTERM waits for requests."),
     allow_mismatch: bool = typer.Option(
         False, "--allow-mismatch", help="Serve task halves with a shared half they were not trained against."
@@ -66,6 +68,7 @@ def serve_command(
             f"{layout} · {len(engine.decode_workers)} decode worker(s) · "
             f"{engine.allocator.capacity} KV blocks of {engine.config.block_size}"
         )
+        console.print(f"suntool serve: {engine.describe()}", markup=False)
         console.print(f"suntool serve: listening on {url}", markup=False)
         console.file.flush()
 

@@ -4,8 +4,9 @@ Contract: ``paged_attention_cpu(q, k_cache, v_cache, block_tables, seq_lens, sca
 sliding_window=None, softcap=None, num_threads=None)`` -> ``[B, Hq, D]``, exactly the arguments of
 `suntool.kernels.paged_attention.paged_attention` (read its docstring: ``q [B, Hq, D]``, caches
 ``[num_blocks, block_size, Hkv, D]``, ``block_tables [B, max_blocks]``, ``seq_lens [B]`` including the
-current token, ``sliding_window`` an int or a ``[B]`` tensor, Gemma-2's ``softcap``), for float32 CPU
-tensors. It reads every sequence's keys and values straight from its blocks, once, for all ``G`` query
+current token, ``sliding_window`` an int or a ``[B]`` tensor, Gemma-2's ``softcap``), for CPU caches
+in float32 or bfloat16 (read as fp32; ``q`` is computed in fp32 and the output comes back in
+``q.dtype``). It reads every sequence's keys and values straight from its blocks, once, for all ``G`` query
 heads of a KV head together (GQA), and never materialises a gathered copy: the reason it exists. The
 reference it is tested against is ``paged_attention_ref`` (a gather, then masked softmax attention);
 they agree to fp32 rounding (the kernel sums in a different order).
@@ -38,86 +39,99 @@ _SOURCE = r"""
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
-void paged_decode_attention_f32(
-    const float* q, const float* kc, const float* vc, const int64_t* tables, const int64_t* lens,
-    const int64_t* windows, float* out, int batch, int heads, int kv_heads, int dim, int block_size,
-    int max_blocks, float scale, float softcap, int nthreads)
-{
-    const int group = heads / kv_heads;
-    #pragma omp parallel for collapse(2) schedule(dynamic, 1) num_threads(nthreads)
-    for (int b = 0; b < batch; b++) {
-        for (int kh = 0; kh < kv_heads; kh++) {
-            const int64_t len = lens[b];
-            int64_t first = len - windows[b];
-            if (first < 0) first = 0;
-            const int64_t n = len - first;
-            float* scores = (float*)malloc(sizeof(float) * (size_t)(group * (n > 0 ? n : 1)));
-            const float* qb = q + ((int64_t)b * heads + (int64_t)kh * group) * dim;
-            float* ob = out + ((int64_t)b * heads + (int64_t)kh * group) * dim;
-            const int64_t* table = tables + (int64_t)b * max_blocks;
-            float maxs[64];
-            float sums[64];
-            for (int g = 0; g < group && g < 64; g++) { maxs[g] = -INFINITY; sums[g] = 0.0f; }
-            /* walk the window block by block: inside a block, tokens are contiguous (stride kv_heads*dim) */
-            const int64_t stride = (int64_t)kv_heads * dim;
-            for (int64_t pos = first; pos < len;) {
-                const int64_t block = table[pos / block_size];
-                const int64_t offset = pos % block_size;
-                int64_t count = block_size - offset;
-                if (count > len - pos) count = len - pos;
-                const float* k = kc + ((block * block_size + offset) * kv_heads + kh) * dim;
-                for (int64_t i = 0; i < count; i++, k += stride) {
-                    const int64_t t = pos - first + i;
-                    for (int g = 0; g < group; g++) {
-                        const float* qg = qb + (int64_t)g * dim;
-                        float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-                        int d = 0;
-                        for (; d + 8 <= dim; d += 8)
-                            for (int j = 0; j < 8; j++) acc[j] += qg[d + j] * k[d + j];
-                        float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-                        for (; d < dim; d++) s += qg[d] * k[d];
-                        s *= scale;
-                        if (softcap > 0.0f) s = softcap * tanhf(s / softcap);
-                        scores[(int64_t)g * n + t] = s;
-                        if (s > maxs[g]) maxs[g] = s;
-                    }
-                }
-                pos += count;
-            }
-            for (int g = 0; g < group; g++) {
-                float* og = ob + (int64_t)g * dim;
-                for (int d = 0; d < dim; d++) og[d] = 0.0f;
-                float* sg = scores + (int64_t)g * n;
-                float total = 0.0f;
-                for (int64_t t = 0; t < n; t++) { sg[t] = expf(sg[t] - maxs[g]); total += sg[t]; }
-                sums[g] = total;
-            }
-            for (int64_t pos = first; pos < len;) {
-                const int64_t block = table[pos / block_size];
-                const int64_t offset = pos % block_size;
-                int64_t count = block_size - offset;
-                if (count > len - pos) count = len - pos;
-                const float* v = vc + ((block * block_size + offset) * kv_heads + kh) * dim;
-                for (int64_t i = 0; i < count; i++, v += stride) {
-                    const int64_t t = pos - first + i;
-                    for (int g = 0; g < group; g++) {
-                        const float p = scores[(int64_t)g * n + t];
-                        float* og = ob + (int64_t)g * dim;
-                        for (int d = 0; d < dim; d++) og[d] += p * v[d];
-                    }
-                }
-                pos += count;
-            }
-            for (int g = 0; g < group; g++) {
-                float* og = ob + (int64_t)g * dim;
-                const float inv = sums[g] > 0.0f ? 1.0f / sums[g] : 0.0f;
-                for (int d = 0; d < dim; d++) og[d] *= inv;
-            }
-            free(scores);
-        }
-    }
+static inline float load_f32(const float* p, int64_t i) { return p[i]; }
+static inline float load_bf16(const uint16_t* p, int64_t i) {
+    uint32_t bits = ((uint32_t)p[i]) << 16;
+    float out;
+    memcpy(&out, &bits, sizeof out);
+    return out;
 }
+
+#define DEFINE_KERNEL(NAME, CACHE_T, LOAD) \
+void NAME( \
+    const float* q, const CACHE_T* kc, const CACHE_T* vc, const int64_t* tables, const int64_t* lens,                  \
+    const int64_t* windows, float* out, int batch, int heads, int kv_heads, int dim, int block_size,                   \
+    int max_blocks, float scale, float softcap, int nthreads)                                                          \
+{                                                                                                                      \
+    const int group = heads / kv_heads;                                                                                \
+    _Pragma("omp parallel for collapse(2) schedule(dynamic, 1) num_threads(nthreads)")                                 \
+    for (int b = 0; b < batch; b++) {                                                                                  \
+        for (int kh = 0; kh < kv_heads; kh++) {                                                                        \
+            const int64_t len = lens[b];                                                                               \
+            int64_t first = len - windows[b];                                                                          \
+            if (first < 0) first = 0;                                                                                  \
+            const int64_t n = len - first;                                                                             \
+            float* scores = (float*)malloc(sizeof(float) * (size_t)(group * (n > 0 ? n : 1)));                         \
+            const float* qb = q + ((int64_t)b * heads + (int64_t)kh * group) * dim;                                    \
+            float* ob = out + ((int64_t)b * heads + (int64_t)kh * group) * dim;                                        \
+            const int64_t* table = tables + (int64_t)b * max_blocks;                                                   \
+            float maxs[64];                                                                                            \
+            float sums[64];                                                                                            \
+            for (int g = 0; g < group && g < 64; g++) { maxs[g] = -INFINITY; sums[g] = 0.0f; }                         \
+            /* walk the window block by block: in a block, tokens are contiguous */                                    \
+            const int64_t stride = (int64_t)kv_heads * dim;                                                            \
+            for (int64_t pos = first; pos < len;) {                                                                    \
+                const int64_t block = table[pos / block_size];                                                         \
+                const int64_t offset = pos % block_size;                                                               \
+                int64_t count = block_size - offset;                                                                   \
+                if (count > len - pos) count = len - pos;                                                              \
+                const CACHE_T* k = kc + ((block * block_size + offset) * kv_heads + kh) * dim;                         \
+                for (int64_t i = 0; i < count; i++, k += stride) {                                                     \
+                    const int64_t t = pos - first + i;                                                                 \
+                    for (int g = 0; g < group; g++) {                                                                  \
+                        const float* qg = qb + (int64_t)g * dim;                                                       \
+                        float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                                       \
+                        int d = 0;                                                                                     \
+                        for (; d + 8 <= dim; d += 8)                                                                   \
+                            for (int j = 0; j < 8; j++) acc[j] += qg[d + j] * LOAD(k, d + j);                          \
+                        float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));   \
+                        for (; d < dim; d++) s += qg[d] * LOAD(k, d);                                                  \
+                        s *= scale;                                                                                    \
+                        if (softcap > 0.0f) s = softcap * tanhf(s / softcap);                                          \
+                        scores[(int64_t)g * n + t] = s;                                                                \
+                        if (s > maxs[g]) maxs[g] = s;                                                                  \
+                    }                                                                                                  \
+                }                                                                                                      \
+                pos += count;                                                                                          \
+            }                                                                                                          \
+            for (int g = 0; g < group; g++) {                                                                          \
+                float* og = ob + (int64_t)g * dim;                                                                     \
+                for (int d = 0; d < dim; d++) og[d] = 0.0f;                                                            \
+                float* sg = scores + (int64_t)g * n;                                                                   \
+                float total = 0.0f;                                                                                    \
+                for (int64_t t = 0; t < n; t++) { sg[t] = expf(sg[t] - maxs[g]); total += sg[t]; }                     \
+                sums[g] = total;                                                                                       \
+            }                                                                                                          \
+            for (int64_t pos = first; pos < len;) {                                                                    \
+                const int64_t block = table[pos / block_size];                                                         \
+                const int64_t offset = pos % block_size;                                                               \
+                int64_t count = block_size - offset;                                                                   \
+                if (count > len - pos) count = len - pos;                                                              \
+                const CACHE_T* v = vc + ((block * block_size + offset) * kv_heads + kh) * dim;                         \
+                for (int64_t i = 0; i < count; i++, v += stride) {                                                     \
+                    const int64_t t = pos - first + i;                                                                 \
+                    for (int g = 0; g < group; g++) {                                                                  \
+                        const float p = scores[(int64_t)g * n + t];                                                    \
+                        float* og = ob + (int64_t)g * dim;                                                             \
+                        for (int d = 0; d < dim; d++) og[d] += p * LOAD(v, d);                                         \
+                    }                                                                                                  \
+                }                                                                                                      \
+                pos += count;                                                                                          \
+            }                                                                                                          \
+            for (int g = 0; g < group; g++) {                                                                          \
+                float* og = ob + (int64_t)g * dim;                                                                     \
+                const float inv = sums[g] > 0.0f ? 1.0f / sums[g] : 0.0f;                                              \
+                for (int d = 0; d < dim; d++) og[d] *= inv;                                                            \
+            }                                                                                                          \
+            free(scores);                                                                                              \
+        }                                                                                                              \
+    }                                                                                                                  \
+}
+
+DEFINE_KERNEL(paged_decode_attention_f32, float, load_f32)
+DEFINE_KERNEL(paged_decode_attention_bf16, uint16_t, load_bf16)
 """
 
 _MAX_GROUP = 64  # query heads per KV head the kernel's stack arrays hold
@@ -170,11 +184,14 @@ def _library():
     except (OSError, RuntimeError) as err:
         log.warning("the CPU paged-attention kernel is unavailable (%s); using the torch reference", err)
         return None
-    function = library.paged_decode_attention_f32
     pointer, integer = ctypes.c_void_p, ctypes.c_int
-    function.argtypes = [pointer] * 7 + [integer] * 6 + [ctypes.c_float, ctypes.c_float, integer]
-    function.restype = None
-    return function
+    functions = {}
+    for cache_dtype, name in (("float32", "paged_decode_attention_f32"), ("bfloat16", "paged_decode_attention_bf16")):
+        function = getattr(library, name)
+        function.argtypes = [pointer] * 7 + [integer] * 6 + [ctypes.c_float, ctypes.c_float, integer]
+        function.restype = None
+        functions[cache_dtype] = function
+    return functions
 
 
 def cpu_kernel_available() -> bool:
@@ -187,18 +204,20 @@ def paged_attention_cpu(q, k_cache, v_cache, block_tables, seq_lens, scale=None,
     """Decode attention of ``q`` [B, Hq, D] over paged fp32 caches; see the module docstring."""
     import torch
 
-    function = _library()
-    if function is None:
+    functions = _library()
+    if functions is None:
         raise RuntimeError("the CPU paged-attention kernel is not available here (see cpu_kernel_available)")
     batch, heads, dim = q.shape
     _, block_size, kv_heads, _ = k_cache.shape
-    if q.dtype != torch.float32 or k_cache.dtype != torch.float32 or v_cache.dtype != torch.float32:
-        raise TypeError("paged_attention_cpu takes float32 tensors")
+    cache_dtype = str(k_cache.dtype).removeprefix("torch.")
+    if cache_dtype not in functions or v_cache.dtype != k_cache.dtype or not q.dtype.is_floating_point:
+        raise TypeError(f"paged_attention_cpu takes float32 or bfloat16 caches, got {k_cache.dtype}/{v_cache.dtype}")
+    function, out_dtype = functions[cache_dtype], q.dtype
     if heads % kv_heads or heads // kv_heads > _MAX_GROUP:
         raise ValueError(f"{heads} query heads over {kv_heads} KV heads is not supported")
     if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
         raise ValueError("the K/V caches must be contiguous")
-    q = q.contiguous()
+    q = q.to(torch.float32).contiguous()
     tables = block_tables.to(torch.int64).contiguous()
     lens = seq_lens.to(torch.int64).contiguous()
     if sliding_window is None:
@@ -214,4 +233,4 @@ def paged_attention_cpu(q, k_cache, v_cache, block_tables, seq_lens, scale=None,
              windows.data_ptr(), out.data_ptr(), batch, heads, kv_heads, dim, block_size, tables.shape[1],
              float(dim**-0.5 if scale is None else scale), float(softcap or 0.0),
              int(num_threads or torch.get_num_threads()))
-    return out
+    return out.to(out_dtype)

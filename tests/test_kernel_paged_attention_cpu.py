@@ -74,6 +74,15 @@ def test_reads_only_visible_positions():
     assert torch.equal(paged_attention_cpu(q, k, v, tables, lens), expected)
 
 
+def test_bf16_caches_read_as_fp32():
+    q, k, v, tables, lens = paged_case([1, 19, 50], 6, 2, 24, 8, seed=4)
+    q, k, v = q.bfloat16(), k.bfloat16(), v.bfloat16()
+    expected = paged_attention_ref(q.float(), k.float(), v.float(), tables, lens)
+    got = paged_attention_cpu(q, k, v, tables, lens)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), expected, rtol=1e-2, atol=1e-2)  # bf16 rounding of the output
+
+
 def test_refusals():
     q, k, v, tables, lens = paged_case([3], 4, 2, 8, 4)
     with pytest.raises(TypeError):

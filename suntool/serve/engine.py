@@ -25,10 +25,11 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from suntool.errors import SuntoolError
+from suntool.serve.scheduler import DecodeGroup, DecodeWorker, PrefillGroup, PrefillWorker
 from suntool.serve.sequence import SamplingParams, Sequence, SequenceEvent
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ class EngineConfig:
     max_batch: int = 64  # sequences per decode forward and per prefill batch
     max_prefill_tokens: int = 4096  # padded tokens per prefill forward
     prefix_cache: bool = True
-    dtype: str | None = None  # None: float32 on CPU (bf16 matmuls are slow there), the checkpoint's elsewhere
+    dtype: str | None = None  # None: bf16 on CPUs with bf16 matmul, float32 on other CPUs, as stored elsewhere
     device: str = "cpu"
     allow_mismatch: bool = False
     torch_threads: int | None = None  # intra-op threads per busy engine thread; None: cores // busy threads
@@ -122,36 +123,6 @@ class EngineStats:
 
 
 @dataclass
-class PrefillGroup:
-    """One prefill half and the worker that runs it for its models."""
-
-    key: str
-    model: Any
-    salt: str
-    first_token: str
-    pad_token_id: int
-    prefix_cache: bool
-    models: tuple[str, ...]
-    runner: Any = None  # suntool.serve.runner.CompactLM, or None: transformers runs the model
-    worker: Any = None
-
-    def prefill_end(self, seq: Sequence) -> int:
-        """Prompt tokens whose K/V the prefill half computes (all but the last under the decode convention)."""
-        return len(seq.prompt_ids) - 1 if self.first_token == "decode" else len(seq.prompt_ids)
-
-
-@dataclass
-class DecodeGroup:
-    """One decode half and the workers that may run its sequences."""
-
-    key: str
-    model: Any
-    models: tuple[str, ...]
-    runner: Any = None  # suntool.serve.runner.CompactLM, or None: transformers runs the model
-    workers: list = field(default_factory=list)
-
-
-@dataclass
 class ServedModel:
     """A task model as the API exposes it."""
 
@@ -174,26 +145,15 @@ class ServedModel:
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def forward_tokens(pool, group, seq: Sequence, start: int, end: int):
-    """Run tokens[start:end] of one sequence over its cached history with `group`'s half (a prefill or
-    decode group); their K/V land in its blocks. Returns the last token's logits [1, V]."""
-    import torch
+def default_dtype(config: EngineConfig) -> tuple[str | None, str]:
+    """The dtype the halves load in, and why: `--dtype`, else what the device runs best."""
+    if config.dtype:
+        return config.dtype, "--dtype"
+    if config.device != "cpu":
+        return None, f"the checkpoints' own dtype on {config.device}"
+    from suntool.hardware import best_cpu_dtype
 
-    if group.runner is not None:
-        from suntool.serve.runner import extend_input
-
-        return group.runner.forward(pool, extend_input(pool, [(seq, start, end)], logits=True))
-
-    from suntool.handoff import forward_with_cache
-
-    model = group.model
-    tokens = seq.tokens[start:end]
-    history = pool.history_slots([seq.block_table], [start])
-    new_slots = pool.slots([seq.block_table], [start], end - start)
-    device = model.device
-    ids = torch.tensor([tokens], dtype=torch.long, device=device)
-    mask = torch.ones((1, end), dtype=torch.long, device=device)
-    return forward_with_cache(model, ids, mask, pool.step_cache(history, new_slots))[:, -1]
+    return best_cpu_dtype()
 
 
 def _usable_cores() -> int:
@@ -223,7 +183,6 @@ class Engine:
         import torch
 
         from suntool.serve.kv_blocks import RESERVED_BLOCKS, BlockAllocator, KVPool
-        from suntool.serve.scheduler import DecodeWorker, PrefillWorker
 
         config = config or EngineConfig()
         config.validate()
@@ -329,7 +288,9 @@ class Engine:
         config.validate()
         plan = plan_models([str(p) for p in paths], names=names, share=config.share, mode=config.mode,
                            allow_mismatch=config.allow_mismatch)
-        dtype = config.dtype or ("float32" if config.device == "cpu" else None)
+        dtype, why = default_dtype(config)
+        if progress is not None:
+            progress(f"dtype {dtype or 'as stored'}: {why}")
         loaded = load_plan(plan, dtype=dtype, device=config.device, progress=progress)
         return cls(loaded, config, observer)
 
@@ -520,6 +481,14 @@ class Engine:
             log.exception("the event sink of %s failed", seq.request_id)
 
     # -- state ---------------------------------------------------------------------------------------------------
+    def describe(self) -> str:
+        """One line for the server's start-up: dtype, which halves run the compact forward, threads."""
+        groups = [*self.prefill_groups.values(), *self.decode_groups.values()]
+        compact = sum(group.runner is not None for group in groups)
+        threads = self.config.torch_threads or f"{self.cores} shared by busy threads"
+        return (f"dtype {self.pool.dtype} · compact forward on {compact}/{len(groups)} groups "
+                f"(others through transformers) · torch threads {threads}")
+
     def stats(self) -> EngineStats:
         allocator = self.allocator
         with self._lock:

@@ -13,8 +13,8 @@ of the fused tensors, so nothing is held twice), RMSNorm / rotary / SiLU-gated M
 with transformers' exact op order, new K/V written straight into their pool slots, and
 attention read straight from the blocks:
 
-- decode rows (one query token per sequence): `suntool.kernels.paged_attention_cpu` on fp32 CPU
-  (a C kernel reading the blocks in place), else `suntool.kernels.paged_attention` (Triton on a
+- decode rows (one query token per sequence): `suntool.kernels.paged_attention_cpu` on the CPU
+  (a C kernel reading fp32 or bf16 blocks in place), else `suntool.kernels.paged_attention` (Triton on a
   GPU, the torch reference elsewhere);
 - prompt rows, packed without padding: per sequence, `scaled_dot_product_attention` over its
   new tokens (causal) and, when it continues cached tokens (a prefix-cache hit, a recompute,
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("suntool.serve")
 
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "phi3")
+_CPU_KERNEL_DTYPES = ("torch.float32", "torch.bfloat16")  # pool dtypes the C decode kernel reads
 CHECK_TOLERANCE = 1e-3  # max |logit difference| / max |logit| of the self-check (fp32: ~1e-6 seen)
 
 
@@ -337,9 +338,7 @@ class CompactLM:
         shape = (pool.num_blocks, pool.block_size, self.kv_heads, self.head_dim)
         keys, values = pool.keys[index].view(shape), pool.values[index].view(shape)
         args = (q, keys, values, step.block_tables, step.seq_lens, self.scale)
-        import torch
-
-        if q.device.type == "cpu" and q.dtype == torch.float32 and cpu_kernel_available():
+        if q.device.type == "cpu" and str(keys.dtype) in _CPU_KERNEL_DTYPES and cpu_kernel_available():
             return paged_attention_cpu(*args, sliding_window=window)
         return paged_attention(*args, sliding_window=window, validate=False)
 

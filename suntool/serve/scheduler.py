@@ -1,4 +1,7 @@
-"""The engine's threads: one prefill worker per prefill group, N decode workers.
+"""The engine's threads: one prefill worker per prefill group, N decode workers (the engine owns them;
+nothing here imports the engine). `PrefillGroup` / `DecodeGroup` are what the workers run: one half,
+its models, and its `suntool.serve.runner.CompactLM` when the compact forward covers it;
+`forward_tokens` runs some tokens of one sequence through a group's half over its blocks.
 
 `PrefillWorker` owns a FIFO of waiting sequences for one prefill half. It takes the head,
 waits until the pool has blocks for it (and, for new requests, a small watermark so
@@ -30,21 +33,72 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from suntool.serve.kv_blocks import OutOfBlocks, block_hashes
 
 if TYPE_CHECKING:
-    from suntool.serve.engine import DecodeGroup, Engine, PrefillGroup
     from suntool.serve.sequence import Sequence
 
 log = logging.getLogger("suntool.serve")
 
 
+@dataclass
+class PrefillGroup:
+    """One prefill half and the worker that runs it for its models."""
+
+    key: str
+    model: Any
+    salt: str
+    first_token: str
+    pad_token_id: int
+    prefix_cache: bool
+    models: tuple[str, ...]
+    runner: Any = None  # suntool.serve.runner.CompactLM, or None: transformers runs the model
+    worker: Any = None
+
+    def prefill_end(self, seq: Sequence) -> int:
+        """Prompt tokens whose K/V the prefill half computes (all but the last under the decode convention)."""
+        return len(seq.prompt_ids) - 1 if self.first_token == "decode" else len(seq.prompt_ids)
+
+
+@dataclass
+class DecodeGroup:
+    """One decode half and the workers that may run its sequences."""
+
+    key: str
+    model: Any
+    models: tuple[str, ...]
+    runner: Any = None  # suntool.serve.runner.CompactLM, or None: transformers runs the model
+    workers: list = field(default_factory=list)
+
+
+def forward_tokens(pool, group, seq: Sequence, start: int, end: int):
+    """Run tokens[start:end] of one sequence over its cached history with `group`'s half (a prefill or
+    decode group); their K/V land in its blocks. Returns the last token's logits [1, V]."""
+    import torch
+
+    if group.runner is not None:
+        from suntool.serve.runner import extend_input
+
+        return group.runner.forward(pool, extend_input(pool, [(seq, start, end)], logits=True))
+
+    from suntool.handoff import forward_with_cache
+
+    model = group.model
+    tokens = seq.tokens[start:end]
+    history = pool.history_slots([seq.block_table], [start])
+    new_slots = pool.slots([seq.block_table], [start], end - start)
+    device = model.device
+    ids = torch.tensor([tokens], dtype=torch.long, device=device)
+    mask = torch.ones((1, end), dtype=torch.long, device=device)
+    return forward_with_cache(model, ids, mask, pool.step_cache(history, new_slots))[:, -1]
+
 class PrefillWorker(threading.Thread):
     """Runs the prompts of one prefill group and hands the sequences to the decode pool."""
 
-    def __init__(self, engine: Engine, group: PrefillGroup):
+    def __init__(self, engine: Any, group: PrefillGroup):
         super().__init__(name=f"prefill:{group.key}", daemon=True)
         self.engine, self.group = engine, group
         self.queue: deque[Sequence] = deque()
@@ -261,8 +315,6 @@ class PrefillWorker(threading.Thread):
 
     def _run_paged(self, seq: Sequence):
         """One sequence through the paged cache: the prompt after its prefix hit, then any catch-up."""
-        from suntool.serve.engine import forward_tokens
-
         group, first_logits = self.group, None
         start, end = seq.prefix_hit_tokens, group.prefill_end(seq)
         if end > start:
@@ -291,7 +343,7 @@ class PrefillWorker(threading.Thread):
 class DecodeWorker(threading.Thread):
     """Continuous batching over the sequences routed to it, one forward per decode group per step."""
 
-    def __init__(self, engine: Engine, index: int, groups: list[DecodeGroup]):
+    def __init__(self, engine: Any, index: int, groups: list[DecodeGroup]):
         super().__init__(name=f"decode:{index}", daemon=True)
         self.engine, self.index, self.groups = engine, index, groups
         self.inbox: list[Sequence] = []
