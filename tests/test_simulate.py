@@ -285,3 +285,29 @@ def test_busy_threads_split_the_cores_as_the_engine_does():
     plan = plan_cluster(ClusterConfig(layout="dedicated", models=2))
     outcome = simulate(plan, requests, costs, costs, shared_host_cores=2, thread_speedup=1.6)
     assert [t.prefill_end for t in outcome.traces] == [pytest.approx(1.6)] * 2
+
+
+def test_lengths_from_jsonl_and_bursty_arrivals(tmp_path):
+    lengths = tmp_path / "lengths.jsonl"
+    records = [{"prompt_tokens": 100, "output_tokens": 7}, {"prompt": "x" * 35, "completion": "abcdefg"}]
+    lengths.write_text("".join(json.dumps(r) + "\n" for r in records))  # text: 3.5 characters a token
+    requests = make_requests(WorkloadConfig(models=2, rate=5, requests=400, lengths=str(lengths), seed=2))
+    assert {(r.prompt_tokens, r.output_tokens) for r in requests} == {(100, 7), (10, 2)}
+    fixed = make_requests(WorkloadConfig(models=2, rate=5, requests=10, lengths=str(lengths), output_len=3))
+    assert {r.output_tokens for r in fixed} == {3}
+    bursty = make_requests(WorkloadConfig(rate=5, requests=4000, arrivals="bursty", burst_cv=3.0))
+    gaps = [b.arrival - a.arrival for a, b in zip(bursty, bursty[1:], strict=False)]
+    mean = sum(gaps) / len(gaps)
+    cv = (sum((g - mean) ** 2 for g in gaps) / len(gaps)) ** 0.5 / mean
+    assert mean == pytest.approx(0.2, rel=0.1) and cv == pytest.approx(3.0, rel=0.25)
+    lengths.write_text('{"prompt_tokens": 0, "output_tokens": 7}\n')
+    with pytest.raises(SuntoolError, match="lengths.jsonl:1"):
+        make_requests(WorkloadConfig(lengths=str(lengths)))
+
+
+def test_cached_prompt_tokens_are_not_prefilled_again():
+    roof = Roofline(device_spec("H100"), model_shape("Llama-3.1-8B"))
+    cold = run("sun", [SimRequest(0, 0.0, 0, 4096, 2)], roof)
+    warm = run("sun", [SimRequest(0, 0.0, 0, 4096, 2, cached_tokens=4000)], roof)
+    assert warm.traces[0].prefill_end < 0.2 * cold.traces[0].prefill_end
+    assert warm.traces[0].prefill_end == pytest.approx(roof.prefill([(96, 4000)]))
