@@ -139,7 +139,8 @@ def run_layout(config: SimConfig, costs: Costs, layout: str, requests: list[SimR
     prefill_costs, decode_costs = costs.for_layout(layout)
     outcome = simulate(plan, requests, prefill_costs, decode_costs, shared_host_cores=costs.host_cores,
                        prefix_cache=config.prefix_cache, thread_speedup=costs.thread_speedup)
-    return summarize(outcome, plan.devices, config.slo), outcome
+    devices = 1 if costs.host_cores is not None else plan.devices  # a profile: every thread on one machine
+    return summarize(outcome, devices, config.slo), outcome
 
 
 def steady_requests(config: SimConfig, rate: float) -> list[SimRequest]:
