@@ -83,11 +83,15 @@ class Roofline:
     def kv_capacity(self, halves: int, *, decode: bool = True) -> int:
         free = self.device.memory * MEMORY_UTILIZATION - halves * self.weight_bytes(decode=decode)
         if free <= 0:
+            size = self.weight_bytes(decode=decode) / 1e9
+            if halves == 1:
+                raise SuntoolError(
+                    f"{self.model.name} ({size:.1f} GB of weights) leaves no room for a KV cache on one "
+                    f"{self.device.name} ({self.device.memory / 1e9:.0f} GB); use a larger device or a smaller model "
+                    "(tensor parallelism is not simulated)")
             raise SuntoolError(
-                f"{halves} {'copy' if halves == 1 else 'copies'} of {self.model.name} "
-                f"({self.weight_bytes(decode=decode) / 1e9:.1f} GB each) leave no room for a KV cache on one "
-                f"{self.device.name} ({self.device.memory / 1e9:.0f} GB); give more devices per layout, "
-                "a smaller model or a larger device (tensor parallelism is not simulated)")
+                f"{halves} copies of {self.model.name} ({size:.1f} GB each) leave no room for a KV cache on one "
+                f"{self.device.name}; give that stage more devices (--prefill-devices / --decode-devices)")
         return int(free / self.model.kv_bytes_per_token())
 
     def transfer(self, tokens: int) -> float:
