@@ -221,7 +221,7 @@ def test_workload_is_zipf_and_reproducible():
     (["--rate", "0"], "--rate"),
     (["--layout", "mesh"], "unknown layout"),
     (["--sweep", "colour=1,2"], "--sweep"),
-    (["--model", "Llama-3.1-70B"], "leave no room"),
+    (["--model", "Llama-3.1-70B"], "leaves no room"),
 ])
 def test_cli_bad_input_is_one_red_line_exit_2(args, message, capsys):
     from suntool.cli import main
