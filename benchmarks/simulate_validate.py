@@ -146,9 +146,19 @@ def main() -> None:
             width = 10 if key == "tok_s" else 13
             cells.append(f"{measured_value * scale:>{width}.1f} {predicted_value * scale:>7.1f} {error:>+6.1f}%")
         print(f"{row['rate']:>5} {row['layout']:>10} | " + " | ".join(cells))
+    print("\nshared / dedicated (other load scales both layouts alike, so the ratio is the steadier check):")
+    ratios = []
+    for rate_text in RATES:
+        pair = {r["layout"]: r for r in rows if r["rate"] == rate_text}
+        shared, dedicated = pair["shared"], pair["dedicated"]
+        ratio = {key: (shared[key][0] / dedicated[key][0], shared[key][1] / dedicated[key][1])
+                 for key in ("tok_s", "tpot_p50")}
+        ratios.append({"rate": rate_text, **ratio})
+        print(f"{rate_text:>5}: tok/s x{ratio['tok_s'][0]:.2f} measured, x{ratio['tok_s'][1]:.2f} predicted · "
+              f"TPOT p50 x{ratio['tpot_p50'][0]:.2f} measured, x{ratio['tpot_p50'][1]:.2f} predicted")
     within = [abs(r["tok_s_error_pct"]) <= 15 and abs(r["tpot_p50_error_pct"]) <= 15 for r in rows]
     print(f"\nwithin 15 % on tok/s and TPOT p50: {sum(within)}/{len(within)} rows (TPOT/TTFT in ms)")
-    result = {"profile": profile, "bench": bench, "load_averages": loads, "rows": rows,
+    result = {"profile": profile, "bench": bench, "load_averages": loads, "rows": rows, "ratios": ratios,
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     (out / "validate.json").write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out / 'validate.json'}")
