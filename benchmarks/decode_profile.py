@@ -6,9 +6,9 @@ transformers path it replaced, in one run on the same machine.
 
 For each path (`compact`: `suntool.serve.runner.CompactLM`; `transformers`: the decode half's own
 modules over a `transformers.Cache` view of the pool, `EngineConfig(compact=False)`) and batch size B,
-B sequences with `--context` cached tokens each (random ids; the K/V written by the path's own
-prefill) take `--steps` decode steps through `DecodeWorker._forward`, the function the engine runs,
-under `torch.profiler`. The table splits a step into:
+B sequences with `--context` cached tokens each (random ids; their blocks are not prefilled, since
+the values in the pool do not change a step's cost) take `--steps` decode steps through
+`DecodeWorker._forward`, the function the engine runs, under `torch.profiler`. The table splits a step into:
 
 - matmuls (aten linear/addmm/mm/matmul: the projections, the MLP and the lm_head),
 - attention (the C paged kernel, or SDPA and the paged reference over the gathered history),
@@ -57,7 +57,7 @@ def _make_sequences(engine, batch: int, context: int):
     from suntool.serve.sequence import SamplingParams, Sequence
 
     model = next(iter(engine.models.values()))
-    allocator, pool = engine.allocator, engine.pool
+    allocator = engine.allocator
     gen = torch.Generator().manual_seed(0)
     seqs = []
     for _ in range(batch):
@@ -66,12 +66,9 @@ def _make_sequences(engine, batch: int, context: int):
                        sink=lambda event: None)
         seq.block_table = allocator.allocate(allocator.blocks_for(context + 64))
         seqs.append(seq)
-    from suntool.serve.scheduler import forward_tokens
-
-    group = model.decode
-    for seq in seqs:
-        forward_tokens(pool, group, seq, 0, context)
+    for seq in seqs:  # the pool's contents do not change a step's cost: no prefill needed
         seq.num_cached = context
+    group = model.decode
     return group, seqs
 
 
@@ -144,6 +141,7 @@ def profile_path(artifact: str, compact: bool, batches: list[int], context: int,
                 rows.append({"path": "compact" if compact else "transformers", "batch": batch, "context": context,
                              "step_ms": step_ms, "tokens_per_s": batch / (step_ms / 1000), "parts_ms": parts,
                              "profiled_ms": profiled_total})
+                print(json.dumps(rows[-1]), flush=True)
                 for seq in seqs:
                     engine.allocator.free(seq.block_table)
     finally:

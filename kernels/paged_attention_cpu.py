@@ -16,8 +16,9 @@ they agree to fp32 rounding (the kernel sums in a different order).
   (atomic rename, so concurrent processes never load half a file), then loaded with ``ctypes``. No
   compiler, a failed build or ``SUNTOOL_CPU_KERNELS=0`` make it False; callers then use the reference.
 - One OpenMP thread team per call, ``num_threads`` (default ``torch.get_num_threads()`` of the calling
-  thread), parallel over (sequence, KV head); each task computes its scores in two passes (scores and
-  max, then exp-sum and the weighted sum of values) in fp32.
+  thread; one thread when the call has under ~1M multiply-adds), parallel over (sequence, KV head);
+  each task computes its scores in two passes (scores and max, then exp-sum and the weighted sum of
+  values) in fp32.
 - Inputs are made contiguous (``q``, tables, lengths) as needed; the caches must be contiguous
   (a pool's per-layer tensor viewed as blocks is). Not differentiable: inference only.
 """
@@ -135,6 +136,7 @@ DEFINE_KERNEL(paged_decode_attention_bf16, uint16_t, load_bf16)
 """
 
 _MAX_GROUP = 64  # query heads per KV head the kernel's stack arrays hold
+_PARALLEL_WORK = 1 << 20  # multiply-adds (visible tokens x query heads x head dim) below which one thread runs
 
 
 def _cache_dir() -> Path:
@@ -229,8 +231,11 @@ def paged_attention_cpu(q, k_cache, v_cache, block_tables, seq_lens, scale=None,
     out = torch.empty_like(q)
     if batch == 0:
         return out
+    threads = int(num_threads or torch.get_num_threads())
+    if threads > 1 and int(windows.clamp(max=lens).sum()) * heads * dim < _PARALLEL_WORK:
+        threads = 1  # waking a thread team costs more than this much work (far more on a busy machine)
     function(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), tables.data_ptr(), lens.data_ptr(),
              windows.data_ptr(), out.data_ptr(), batch, heads, kv_heads, dim, block_size, tables.shape[1],
              float(dim**-0.5 if scale is None else scale), float(softcap or 0.0),
-             int(num_threads or torch.get_num_threads()))
+             threads)
     return out.to(out_dtype)
