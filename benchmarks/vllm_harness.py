@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_VLLM_PYTHON = ".venv-vllm/bin/python"
-BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 SHOWN_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
 
 
@@ -45,40 +44,31 @@ class VllmStartError(RuntimeError):
     """vLLM exited or did not become healthy; the message ends with the tail of its log."""
 
 
-def cpu_flags(cpuinfo: str | None = None) -> set[str]:
-    """The `flags` of the first processor in /proc/cpuinfo (empty where there is no such file)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return set()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return set(value.split())
-    return set()
+def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
+    """The CPU's flags (suntool.hardware, the same check `suntool serve` uses for its default dtype)."""
+    from suntool.hardware import cpu_flags as flags_of
+
+    return flags_of(cpuinfo)
 
 
-def best_cpu_dtype(flags: set[str]) -> str:
+def best_cpu_dtype(flags: frozenset[str]) -> str:
     """bfloat16 where the CPU multiplies bf16 natively, float32 otherwise."""
-    return "bfloat16" if any(flag in flags for flag in BF16_FLAGS) else "float32"
+    from suntool.hardware import best_cpu_dtype as best
+
+    return best(flags)[0]
 
 
-def resolve_dtype(requested: str, flags: set[str] | None = None) -> str:
+def resolve_dtype(requested: str, flags: frozenset[str] | None = None) -> str:
     """`auto` -> `best_cpu_dtype`; anything else as given."""
     return best_cpu_dtype(cpu_flags() if flags is None else flags) if requested == "auto" else requested
 
 
-def cpu_summary(flags: set[str] | None = None) -> str:
+def cpu_summary(flags: frozenset[str] | None = None) -> str:
+    from suntool.hardware import cpu_model
+
     flags = cpu_flags() if flags is None else flags
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.partition(":")[2].strip()
-                break
     shown = " ".join(f if f in flags else f"no-{f}" for f in SHOWN_FLAGS)
-    return f"CPU {model or 'unknown'} · {os.cpu_count()} logical CPUs · {shown} · best dtype {best_cpu_dtype(flags)}"
+    return f"CPU {cpu_model()} · {os.cpu_count()} logical CPUs · {shown} · best dtype {best_cpu_dtype(flags)}"
 
 
 def available_memory_gib() -> float | None:
