@@ -26,6 +26,9 @@ def serve_command(
     block_size: int = typer.Option(16, "--block-size", min=1, help="Tokens per KV block."),
     max_model_len: int = typer.Option(None, "--max-model-len", min=2, help="Context length (default: the model's)."),
     max_batch: int = typer.Option(64, "--max-batch", min=1, help="Sequences per decode forward."),
+    max_prefill_tokens: int = typer.Option(
+        512, "--max-prefill-tokens", min=1, help="Prompt tokens per prefill forward (longer prompts are chunked)."
+    ),
     no_prefix_cache: bool = typer.Option(False, "--no-prefix-cache", help="Do not reuse prompt K/V blocks."),
     dtype: str = typer.Option(
         None, "--dtype", help="float32|bfloat16|float16 (CPU default: bf16 if it has bf16 matmul, else fp32)."
@@ -51,6 +54,7 @@ def serve_command(
     engine = EngineConfig(
         decode_workers=decode_workers, share=not no_share, mode=mode, kv_blocks=kv_blocks, block_size=block_size,
         max_model_len=max_model_len, max_queue=max_queue, max_batch=max_batch, prefix_cache=not no_prefix_cache,
+        max_prefill_tokens=max_prefill_tokens,
         dtype=dtype, device=device, allow_mismatch=allow_mismatch, torch_threads=torch_threads,
     )
     engine.validate()

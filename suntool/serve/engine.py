@@ -67,7 +67,9 @@ class EngineConfig:
     max_model_len: int | None = None  # None: the model's context, capped by the KV pool
     max_queue: int = 256  # waiting (not yet decoding) requests before QueueFull
     max_batch: int = 64  # sequences per decode forward and per prefill batch
-    max_prefill_tokens: int = 4096  # padded tokens per prefill forward
+    # tokens per prefill forward (packed on the compact path, padded on the transformers one); small enough
+    # that a burst of prompts reaches the decode pool in several waves, not all after the last one
+    max_prefill_tokens: int = 512
     prefix_cache: bool = True
     dtype: str | None = None  # None: bf16 on CPUs with bf16 matmul, float32 on other CPUs, as stored elsewhere
     device: str = "cpu"
@@ -82,6 +84,7 @@ class EngineConfig:
             (self.kv_blocks is None or self.kv_blocks >= 1, f"--kv-blocks must be at least 1, got {self.kv_blocks}"),
             (self.max_queue >= 1, f"--max-queue must be at least 1, got {self.max_queue}"),
             (self.max_batch >= 1, f"--max-batch must be at least 1, got {self.max_batch}"),
+            (self.max_prefill_tokens >= 1, f"--max-prefill-tokens must be at least 1, got {self.max_prefill_tokens}"),
             (self.max_model_len is None or self.max_model_len >= 2,
              f"--max-model-len must be at least 2, got {self.max_model_len}"),
             (self.torch_threads is None or self.torch_threads >= 1,

@@ -6,7 +6,8 @@ its models, and its `suntool.serve.runner.CompactLM` when the compact forward co
 `PrefillWorker` owns a FIFO of waiting sequences for one prefill half. It takes the head,
 waits until the pool has blocks for it (and, for new requests, a small watermark so
 running sequences can grow), batches further new prompts behind it up to
-`max_prefill_tokens` padded tokens, and runs them:
+`max_prefill_tokens` tokens (real tokens when the compact forward packs them, padded ones
+otherwise), and runs them:
 
 - new prompts without a prefix-cache hit: one left-padded `suntool.handoff.prefill` over
   the batch; its transformers cache is copied into the sequences' blocks;
