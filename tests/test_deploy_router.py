@@ -4,6 +4,7 @@ routing, streaming relay, and what the client sees when an instance is dead, bre
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import threading
 import time
@@ -14,6 +15,14 @@ from starlette.requests import Request  # module level: FastAPI resolves the han
 
 from suntool.deploy.plan import DeployPlan, Instance, RoutedModel
 from suntool.deploy.router import BackgroundRouter, RouterConfig
+
+
+@pytest.fixture(autouse=True)
+def _patient_client(monkeypatch):
+    """Client timeouts of 30 s instead of httpx's 5 s: a loaded machine can answer slower (the router's own
+    timeouts under test are set per test and are much shorter)."""
+    for name in ("get", "post"):
+        monkeypatch.setattr(httpx, name, functools.partial(getattr(httpx, name), timeout=30))
 
 
 class FakeInstance:
