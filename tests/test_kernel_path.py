@@ -326,7 +326,8 @@ def test_generate_texts_over_an_artifact_with_kernels(tiny_checkpoints, tmp_path
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
 def test_serving_engine_with_kernels_equals_generate(arch, tiny_checkpoints, tmp_path, spies):
-    """The serving engine's decode pool (left-padded gathers of paged blocks) through the kernels path."""
+    """The serving engine's transformers path (left-padded gathers of paged blocks) through the kernels path
+    (`compact=False`: Llama would otherwise run the engine's own forward, tests/test_serve_runner.py)."""
     from suntool.serve.engine import Engine, EngineConfig
     from suntool.serve.models import load_plan, plan_models
     from suntool.serve.sequence import SamplingParams
@@ -336,7 +337,7 @@ def test_serving_engine_with_kernels_equals_generate(arch, tiny_checkpoints, tmp
     loaded = load_plan(plan_models([str(p) for p in artifacts.values()]), dtype="float32")
     for model in loaded.weights.values():
         enable_kernels(model)
-    engine = Engine(loaded, EngineConfig(block_size=4, kv_blocks=64))
+    engine = Engine(loaded, EngineConfig(block_size=4, kv_blocks=64, compact=False))
     try:
         collector = run_all(engine, [(n, p) for p in PROMPTS for n in artifacts], SamplingParams(max_tokens=20))
     finally:
