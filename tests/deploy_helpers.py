@@ -8,6 +8,7 @@ transformers path), the number every router answer is compared with.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -104,3 +105,25 @@ def stream_answer(chunks: list[dict]) -> dict:
     tokens = [t for c in chunks if c.get("choices") for t in (c["choices"][0].get("token_ids") or [])]
     finish = [c["choices"][0].get("finish_reason") for c in chunks if c.get("choices")][-1]
     return {"text": text, "token_ids": tokens, "finish_reason": finish}
+
+
+@contextlib.contextmanager
+def running_deployment(artifacts, out: Path, *, base_port: int, **options):
+    """Write and start a `suntool deploy vllm` plan of tiny fp32 artifacts; stop it on exit."""
+    import pytest
+
+    from suntool.deploy.files import write_plan
+    from suntool.deploy.launch import Deployment
+    from suntool.deploy.plan import DeployConfig, make_plan
+
+    if not VLLM_PYTHON.is_file():
+        pytest.fail(f"{VLLM_PYTHON} is missing: build it with `make vllm-venv` (make test-vllm does)")
+    config = DeployConfig(artifacts=tuple(str(p) for p in artifacts), out=out, dtype="float32",
+                          vllm_python=str(VLLM_PYTHON), enforce_eager=True, max_model_len=512, kv_cache_gib=1,
+                          base_port=base_port, router_port=base_port - 1, **options)
+    deployment = Deployment(write_plan(make_plan(config), config.out), start_timeout=600)
+    deployment.start(router_port=0)
+    try:
+        yield deployment
+    finally:
+        deployment.stop()

@@ -14,19 +14,16 @@ from dataclasses import replace
 
 import pytest
 
-from suntool.deploy.files import write_plan
-from suntool.deploy.launch import Deployment
-from suntool.deploy.plan import DeployConfig, make_plan
 from suntool.manifest import MANIFEST_NAME, read_manifest
 from suntool.split import SplitConfig, split
 from tests.deploy_helpers import (
     PROMPTS,
-    VLLM_PYTHON,
     assert_same_answer,
     build_vllm_checkpoint,
     external_tokens,
     post,
     reference,
+    running_deployment,
 )
 
 pytestmark = pytest.mark.vllm
@@ -54,22 +51,12 @@ def lora_artifact(base, target, seed: int):
 
 @pytest.fixture(scope="module")
 def sun_lora(tmp_path_factory):
-    if not VLLM_PYTHON.is_file():
-        pytest.fail(f"{VLLM_PYTHON} is missing: build it with `make vllm-venv` (make test-vllm does)")
     root = tmp_path_factory.mktemp("deploy-lora")
     checkpoint = build_vllm_checkpoint(root / "base")
     split(SplitConfig(model=str(checkpoint), out=root / "split", mode="sun"))
     arts = {name: lora_artifact(root / "split", root / name, seed) for seed, name in enumerate(["math", "code"])}
-    config = DeployConfig(artifacts=tuple(str(p) for p in arts.values()), out=root / "plan", dtype="float32",
-                          vllm_python=str(VLLM_PYTHON), enforce_eager=True, max_model_len=512, kv_cache_gib=1,
-                          base_port=18480, router_port=18479, lora=True)
-    plan_dir = write_plan(make_plan(config), config.out)
-    deployment = Deployment(plan_dir, start_timeout=600)
-    deployment.start(router_port=0)
-    try:
+    with running_deployment(arts.values(), root / "plan", base_port=18480, lora=True) as deployment:
         yield deployment, arts
-    finally:
-        deployment.stop()
 
 
 def test_adapters_on_one_prefill_instance_equal_suntool_generate(sun_lora):

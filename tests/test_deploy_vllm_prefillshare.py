@@ -16,17 +16,14 @@ import json
 import httpx
 import pytest
 
-from suntool.deploy.files import write_plan
-from suntool.deploy.launch import Deployment
-from suntool.deploy.plan import DeployConfig, make_plan
 from tests.deploy_helpers import (
     PROMPTS,
-    VLLM_PYTHON,
     assert_same_answer,
     build_vllm_checkpoint,
     external_tokens,
     post,
     reference,
+    running_deployment,
     stream_answer,
 )
 from tests.test_serve_engine import make_task_artifacts
@@ -37,22 +34,12 @@ MAX_TOKENS = 8
 
 @pytest.fixture(scope="module")
 def prefillshare(tmp_path_factory):
-    if not VLLM_PYTHON.is_file():
-        pytest.fail(f"{VLLM_PYTHON} is missing: build it with `make vllm-venv` (make test-vllm does)")
     root = tmp_path_factory.mktemp("deploy-ps")
     checkpoint = build_vllm_checkpoint(root / "base")
     names = ["math", "code"]
     arts = dict(zip(names, make_task_artifacts(checkpoint, root, names, mode="prefillshare"), strict=True))
-    config = DeployConfig(artifacts=tuple(str(p) for p in arts.values()), out=root / "plan", dtype="float32",
-                          vllm_python=str(VLLM_PYTHON), enforce_eager=True, max_model_len=512, kv_cache_gib=1,
-                          base_port=18450, router_port=18449)
-    plan_dir = write_plan(make_plan(config), config.out)
-    deployment = Deployment(plan_dir, start_timeout=600)
-    deployment.start(router_port=0)
-    try:
+    with running_deployment(arts.values(), root / "plan", base_port=18450) as deployment:
         yield deployment, arts
-    finally:
-        deployment.stop()
 
 
 def test_each_task_equals_suntool_generate_through_the_shared_prefill(prefillshare):

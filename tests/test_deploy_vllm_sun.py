@@ -17,18 +17,15 @@ import urllib.request
 
 import pytest
 
-from suntool.deploy.files import write_plan
-from suntool.deploy.launch import Deployment
-from suntool.deploy.plan import DeployConfig, make_plan
 from tests.deploy_helpers import (
     PROMPTS,
-    VLLM_PYTHON,
     assert_same_answer,
     build_vllm_checkpoint,
     external_tokens,
     post,
     prompt_length,
     reference,
+    running_deployment,
     stream_answer,
 )
 from tests.test_serve_engine import make_task_artifacts
@@ -39,21 +36,11 @@ MAX_TOKENS = 8
 
 @pytest.fixture(scope="module")
 def sun(tmp_path_factory):
-    if not VLLM_PYTHON.is_file():
-        pytest.fail(f"{VLLM_PYTHON} is missing: build it with `make vllm-venv` (make test-vllm does)")
     root = tmp_path_factory.mktemp("deploy-sun")
     checkpoint = build_vllm_checkpoint(root / "base")
     arts = dict(zip(["math", "code"], make_task_artifacts(checkpoint, root, ["math", "code"]), strict=True))
-    config = DeployConfig(artifacts=tuple(str(p) for p in arts.values()), out=root / "plan", dtype="float32",
-                          vllm_python=str(VLLM_PYTHON), enforce_eager=True, max_model_len=512, kv_cache_gib=1,
-                          base_port=18400, router_port=18399)
-    plan_dir = write_plan(make_plan(config), config.out)
-    deployment = Deployment(plan_dir, start_timeout=600)
-    deployment.start(router_port=0)
-    try:
+    with running_deployment(arts.values(), root / "plan", base_port=18400) as deployment:
         yield deployment, arts
-    finally:
-        deployment.stop()
 
 
 def completion(url: str, model: str, prompt: str, **extra) -> dict:
