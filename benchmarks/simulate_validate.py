@@ -85,7 +85,8 @@ def simulate(profile: str, artifacts: list[str], rate: float, count: int, output
     for layout, label in (("sun", "shared"), ("dedicated", "dedicated")):
         plan = plan_cluster(ClusterConfig(layout=layout, models=len(artifacts), prefill_devices=len(artifacts),
                                           decode_devices=1, shared_host_cores=prof.cores))
-        outcome = run(plan, requests, costs, costs, shared_host_cores=prof.cores, thread_speedup=prof.thread_speedup)
+        outcome = run(plan, requests, costs, costs, shared_host_cores=prof.cores, thread_speedup=prof.thread_speedup,
+                      pair_speed=prof.pair_speed)
         out[label] = summarize(outcome, plan.devices, SLOTarget())
     return out
 

@@ -32,6 +32,8 @@ def test_profile_of_the_local_engine_is_complete_and_readable(artifact, tmp_path
     assert [(p["batch"], p["prompt_tokens"]) for p in data["prefill"]["points"]] == [(1, 8), (1, 32), (2, 16)]
     assert data["engine"]["max_batch"] == 64 and data["engine"]["kv_capacity_tokens"] > 0
     assert data["host"]["cores"] >= 1 and data["host"]["thread_speedup"] >= 1.0
+    pair = data["host"]["pair_speed"]
+    assert pair is None if data["host"]["cores"] == 1 else 0 < pair <= 1.5
     profile = load_profile(out)
     assert profile.decode_step(2, 16) > 0 and profile.prefill(32) > 0
     assert any("decode batch" in line for line in said)

@@ -233,6 +233,18 @@ def test_cli_bad_input_is_one_red_line_exit_2(args, message, capsys):
     assert message in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.parametrize("pair", [0, -0.5, 3.0, "fast", True])
+def test_a_bad_pair_speed_is_a_one_line_error(pair, tmp_path):
+    from suntool.simulate.profile import parse_profile
+
+    data = profile_dict()
+    data.setdefault("host", {})["pair_speed"] = pair
+    with pytest.raises(SuntoolError, match="host.pair_speed"):
+        parse_profile(data, tmp_path / "p.json")
+    data["host"]["pair_speed"] = 0.55
+    assert parse_profile(data).pair_speed == 0.55
+
+
 def test_cli_profile_with_missing_batch_sizes_exits_2(tmp_path, capsys):
     from suntool.cli import main
 
@@ -285,6 +297,22 @@ def test_busy_threads_split_the_cores_as_the_engine_does():
     plan = plan_cluster(ClusterConfig(layout="dedicated", models=2))
     outcome = simulate(plan, requests, costs, costs, shared_host_cores=2, thread_speedup=1.6)
     assert [t.prefill_end for t in outcome.traces] == [pytest.approx(1.6)] * 2
+
+
+def test_measured_pair_speed_calibrates_how_busy_threads_share():
+    from suntool.simulate.sim import thread_share
+
+    # two cores that behave like one (memory-bound forwards, SMT siblings): two at once run at half speed each
+    assert thread_share(1, 2, 1.0, 0.5) == 1.0
+    assert thread_share(2, 2, 1.0, 0.5) == pytest.approx(0.5)
+    assert thread_share(4, 2, 1.0, 0.5) == pytest.approx(0.25)  # the shape beyond two is kept, scaled
+    assert thread_share(2, 8, 4.0, 0.7) == pytest.approx(0.7)
+    assert thread_share(3, 8, 4.0, 0.7) == pytest.approx(thread_share(3, 8, 4.0) * 0.7 / thread_share(2, 8, 4.0))
+    costs = Fixed(prefill_s=1.0, step_s=0.1)
+    requests = [SimRequest(0, 0.0, 0, 10, 1), SimRequest(1, 0.0, 1, 10, 1)]
+    plan = plan_cluster(ClusterConfig(layout="dedicated", models=2))
+    outcome = simulate(plan, requests, costs, costs, shared_host_cores=2, thread_speedup=1.0, pair_speed=0.5)
+    assert [t.prefill_end for t in outcome.traces] == [pytest.approx(2.0)] * 2  # no faster than one after another
 
 
 def test_lengths_from_jsonl_and_bursty_arrivals(tmp_path):

@@ -15,8 +15,11 @@ through its public API only (`Engine.from_artifacts`, `EngineConfig`, `submit`,
 
 A decode point is the median of its step gaps (one run); a prefill point the median of
 `repeats` runs. Then a second engine with `torch_threads=1` times a few decode steps again: the ratio is
-`host.thread_speedup` (a forward alone uses every core; busy threads split them). The
-profile (format in `suntool.simulate.profile`)
+`host.thread_speedup` (a forward alone uses every core; busy threads split them). Last, an
+engine with two copies of the model (`share=False`, two decode workers) decodes the same
+batches on one copy, then on both at once: the ratio of the two steps is `host.pair_speed`, what two busy
+forwards really get of the machine (cores sharing memory bandwidth, or SMT siblings, give
+less than the thread counts say). The profile (format in `suntool.simulate.profile`)
 also records the engine settings the costs were measured under (max batch, prefill
 token budget, torch threads per worker, KV capacity) and the host (cores, CPU flags),
 and is written atomically. `suntool simulate --profile PATH` reads it.
@@ -39,6 +42,7 @@ from suntool.errors import SuntoolError
 
 Say = Callable[[str], None]
 NAME = "profiled"
+PAIR = "profiled-twin"  # the second copy of the model, for `host.pair_speed`
 BLOCKER_TOKENS = 64
 
 
@@ -84,14 +88,16 @@ class _Recorder:
             self.done.set()
 
 
-def _run(engine, prompts: list[list[int]], max_tokens: int) -> tuple[float, list[_Recorder]]:
+def _run(engine, prompts: list[list[int]], max_tokens: int, models: tuple[str, ...] = (NAME,)
+         ) -> tuple[float, list[_Recorder]]:
+    """Submit every prompt to every model in `models`; wait for all. Recorders in that order."""
     from suntool.serve.sequence import SamplingParams
 
     params = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
-    recorders = [_Recorder() for _ in prompts]
+    recorders = [_Recorder() for _ in models for _ in prompts]
     start = time.perf_counter()
-    for prompt, recorder in zip(prompts, recorders, strict=True):
-        engine.submit(NAME, prompt, params, recorder)
+    for index, recorder in enumerate(recorders):
+        engine.submit(models[index // len(prompts)], prompts[index % len(prompts)], params, recorder)
     for recorder in recorders:
         if not recorder.done.wait(600):
             raise SuntoolError("a profiling request did not finish in 600 s; is the machine overloaded?")
@@ -105,28 +111,36 @@ def _prompts(rng: random.Random, count: int, length: int, vocab: int = 5000) -> 
     return [[rng.randrange(low, min(5000, vocab)) for _ in range(length)] for _ in range(count)]
 
 
-def _blocked_run(engine, rng, prompts: list[list[int]], max_tokens: int, vocab: int):
-    """Run `prompts` behind a blocker: a 64-token request that keeps the prefill worker busy while the
-    batch is submitted, so the whole batch is queued when the worker looks and prefills as one batch
-    (the profiling engine's prefill budget holds it) and starts decoding in the same step."""
+def _blocked_run(engine, rng, prompts: list[list[int]], max_tokens: int, vocab: int,
+                 models: tuple[str, ...] = (NAME,)):
+    """Run `prompts` behind a blocker: a 64-token request (per model) that keeps the prefill worker busy
+    while the batch is submitted, so the whole batch is queued when the worker looks and prefills as one
+    batch (the profiling engine's prefill budget holds it) and starts decoding in the same step."""
     from suntool.serve.sequence import SamplingParams
 
-    blocker = _Recorder()
+    blockers = [_Recorder() for _ in models]
     blocker_prompt = _prompts(rng, 1, BLOCKER_TOKENS, vocab)[0]
-    engine.submit(NAME, blocker_prompt, SamplingParams(max_tokens=1, ignore_eos=True), blocker)
-    _, recorders = _run(engine, prompts, max_tokens)
-    blocker.done.wait(600)
-    return blocker, recorders
+    for model, blocker in zip(models, blockers, strict=True):
+        engine.submit(model, blocker_prompt, SamplingParams(max_tokens=1, ignore_eos=True), blocker)
+    _, recorders = _run(engine, prompts, max_tokens, models)
+    for blocker in blockers:
+        blocker.done.wait(600)
+    return blockers, recorders
 
 
-def _decode_step(engine, rng, batch: int, context: int, steps: int, vocab: int) -> float:
-    _, recorders = _blocked_run(engine, rng, _prompts(rng, batch, context, vocab), steps, vocab)
+def _decode_step(engine, rng, batch: int, context: int, steps: int, vocab: int,
+                 models: tuple[str, ...] = (NAME,)) -> float:
+    """The median step of `batch` sequences decoding together on each model of `models` (all at once)."""
+    _, recorders = _blocked_run(engine, rng, _prompts(rng, batch, context, vocab), steps, vocab, models)
     firsts = [r.times[0][0] for r in recorders]
     lasts = [r.times[-1][0] for r in recorders]
     t_a, t_b = max(firsts), min(lasts)
-    first_done = recorders[lasts.index(t_b)]
-    window = [(t, n) for t, n in first_done.times if t_a <= t <= t_b]
-    gaps = [(t1 - t0) / n1 for (t0, _), (t1, n1) in zip(window, window[1:], strict=False)]
+    gaps = []
+    for m in range(len(models)):  # one sequence of each model, inside the window where all decode
+        own = recorders[m * batch:(m + 1) * batch]
+        first_done = min(own, key=lambda r: r.times[-1][0])
+        window = [(t, n) for t, n in first_done.times if t_a <= t <= t_b]
+        gaps += [(t1 - t0) / n1 for (t0, _), (t1, n1) in zip(window, window[1:], strict=False)]
     if not gaps:
         raise SuntoolError(f"batch {batch} never decoded together; raise the decode steps or lower --max-batch")
     return statistics.median(gaps)  # the median step: robust to a stall caused by other jobs on the machine
@@ -199,6 +213,24 @@ def measure_profile(config: ProfileConfig, say: Say | None = None) -> dict:
             engine.close()
         speedup = max(1.0, statistics.median(ratios))
         say(f"one thread is {speedup:.2f}x slower than {cores}")
+    pair_speed = None
+    if cores > 1:
+        say("measuring two forwards at once (two copies of the model, each decoding on its own thread)")
+        from dataclasses import replace
+
+        engine = Engine.from_artifacts([config.artifacts[0]] * 2, names=[NAME, PAIR],
+                                       config=replace(engine_config, share=False, decode_workers=2))
+        try:
+            _run(engine, _prompts(rng, 2, 16, vocab), 4, (NAME, PAIR))
+            steps = 4 * config.decode_steps  # the two prefills end apart: enough steps that the decodes overlap
+            speeds = []
+            for i, c in speedup_points:  # alone and together on the same engine, one after the other
+                shape = (engine, rng, config.batch_sizes[i], config.contexts[c], steps, vocab)
+                speeds.append(_decode_step(*shape, (NAME,)) / _decode_step(*shape, (NAME, PAIR)))
+        finally:
+            engine.close()
+        pair_speed = min(1.5, statistics.median(speeds))
+        say(f"two forwards at once each run at {pair_speed:.2f} of one alone")
     profile = {
         "format": "suntool-profile", "version": 1,
         "decode": {"batch_sizes": list(config.batch_sizes), "contexts": list(config.contexts), "step_seconds": grid},
@@ -209,8 +241,8 @@ def measure_profile(config: ProfileConfig, say: Say | None = None) -> dict:
                                                                       // (config.decode_workers + 1)),
                    "decode_workers": config.decode_workers, "dtype": config.dtype or "float32 (CPU default)",
                    "kv_capacity_tokens": stats.kv_blocks_total * engine_config.block_size},
-        "host": {"cores": cores, "thread_speedup": speedup, "cpu": _cpu_name(), "flags": _cpu_flags(),
-                 "machine": platform.machine()},
+        "host": {"cores": cores, "thread_speedup": speedup, "pair_speed": pair_speed, "cpu": _cpu_name(),
+                 "flags": _cpu_flags(), "machine": platform.machine()},
         "source": {"artifact": str(config.artifacts[0]), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                    "decode_steps": config.decode_steps, "repeats": config.repeats,
                    "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},

@@ -377,6 +377,8 @@ class DecodeWorker(threading.Thread):
         self.engine.init_thread()
         with torch.inference_mode():
             while True:
+                if not self.running:  # about to wait (an unlocked read: a hint for the thread split, no more)
+                    self.engine.engaged(False)
                 with self.cond:
                     while not self.inbox and not self.running and not self.stopping:
                         self.cond.wait()
@@ -387,6 +389,7 @@ class DecodeWorker(threading.Thread):
                     present = set(map(id, self.running))
                     self.running.extend(s for s in self.inbox if id(s) not in present)
                     self.inbox.clear()
+                self.engine.engaged(bool(self.running))
                 for seq in [s for s in self.running if s.aborted]:
                     self.running.remove(seq)
                     self.engine.finish(seq, "abort")

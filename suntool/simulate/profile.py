@@ -9,11 +9,14 @@ reads it with `load_profile(path)`, which validates every field and raises a one
                 "step_seconds": [[...one per context...], ...one row per batch size...]},
      "prefill": {"points": [{"batch": 1, "prompt_tokens": 64, "seconds": 0.05}, ...]},
      "engine": {"max_batch": 64, "max_prefill_tokens": 4096, "torch_threads": 1, "kv_capacity_tokens": 65536},
-     "host": {"cores": 2, "thread_speedup": 1.6, "cpu": "...", "flags": [...]}, "source": {...}}
+     "host": {"cores": 2, "thread_speedup": 1.6, "pair_speed": 0.55, "cpu": "...", "flags": [...]},
+     "source": {...}}
 
 `host.thread_speedup` is how much faster a forward runs on every core than on one
-(measured with `--torch-threads 1`); the simulator uses it to share the cores between
-busy engine threads (`suntool.simulate.sim.thread_share`).
+(measured with `--torch-threads 1`); `host.pair_speed` (optional, in (0, 1]) is the speed of
+each of two forwards running at once on their own engine threads, relative to one alone
+(measured with two copies of the model decoding together). The simulator uses both to share
+the cores between busy engine threads (`suntool.simulate.sim.thread_share`).
 
 `Profile.decode_step(batch, context)` interpolates piecewise-linearly in both batch size
 and context (and extrapolates linearly from the last two points beyond the grid);
@@ -58,6 +61,7 @@ class Profile:
     torch_threads: int = 1
     cores: int = 1
     thread_speedup: float = 1.0
+    pair_speed: float | None = None
     kv_capacity_tokens: int | None = None
     source: str = ""
 
@@ -122,13 +126,16 @@ def parse_profile(data: dict, path: Path | str = "<profile>") -> Profile:
     speedup = host.get("thread_speedup", 1.0)
     if isinstance(speedup, bool) or not isinstance(speedup, (int, float)) or not 0.5 <= speedup <= 1024:
         raise _fail(path, f"host.thread_speedup must be a number >= 0.5, got {speedup!r}")
+    pair = host.get("pair_speed")
+    if pair is not None and (isinstance(pair, bool) or not isinstance(pair, (int, float)) or not 0 < pair <= 1.5):
+        raise _fail(path, f"host.pair_speed must be a number in (0, 1.5], got {pair!r}")
     return Profile(
         batch_sizes=tuple(batches), contexts=tuple(contexts),
         step_seconds=tuple(tuple(float(x) for x in row) for row in rows),
         prefill_tokens=tuple(tokens), prefill_seconds=tuple(sum(by_tokens[t]) / len(by_tokens[t]) for t in tokens),
         max_batch=int(engine.get("max_batch", 64)), max_prefill_tokens=int(engine.get("max_prefill_tokens", 4096)),
         torch_threads=int(engine.get("torch_threads", 1)), cores=int(host.get("cores", 1)),
-        thread_speedup=float(speedup),
+        thread_speedup=float(speedup), pair_speed=None if pair is None else float(pair),
         kv_capacity_tokens=int(kv) if kv else None, source=str(path),
     )
 

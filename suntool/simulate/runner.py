@@ -108,7 +108,7 @@ class Costs:
             profile = load_profile(source.profile)
             self.base = ProfileCosts(profile)
             self.host_cores: int | None = profile.cores
-            self.thread_speedup = profile.thread_speedup
+            self.thread_speedup, self.pair_speed = profile.thread_speedup, profile.pair_speed
         else:
             from suntool.simulate.costs import Roofline
             from suntool.simulate.hardware import device_spec
@@ -118,7 +118,7 @@ class Costs:
             self.base = Roofline(device, model_shape(source.model), link_bandwidth=source.link_bandwidth,
                                  overhead=source.overhead, max_batch=source.max_batch)
             self.base.kv_capacity(1)  # the model must fit one device
-            self.host_cores, self.thread_speedup = None, 1.0
+            self.host_cores, self.thread_speedup, self.pair_speed = None, 1.0, None
         self.label = self.base.label
 
     def for_layout(self, layout: str):
@@ -138,7 +138,8 @@ def run_layout(config: SimConfig, costs: Costs, layout: str, requests: list[SimR
     plan = plan_cluster(cluster)
     prefill_costs, decode_costs = costs.for_layout(layout)
     outcome = simulate(plan, requests, prefill_costs, decode_costs, shared_host_cores=costs.host_cores,
-                       prefix_cache=config.prefix_cache, thread_speedup=costs.thread_speedup)
+                       prefix_cache=config.prefix_cache, thread_speedup=costs.thread_speedup,
+                       pair_speed=costs.pair_speed)
     devices = 1 if costs.host_cores is not None else plan.devices  # a profile: every thread on one machine
     return summarize(outcome, devices, config.slo), outcome
 

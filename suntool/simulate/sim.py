@@ -24,7 +24,8 @@
 - every forward is a job on its instance's host: a device per instance, or with
   `shared_host_cores` one host whose cores the running forwards share (processor
   sharing, `thread_share`: alone a forward uses every core, k busy forwards get
-  cores // k threads each), which is how the local engine's threads share a CPU.
+  cores // k threads each, calibrated by the profile's measured `pair_speed`), which is how
+  the local engine's threads share a CPU.
 
 The event loop is a heap of timestamped events (a few dozen lines); see docs/simulate.md
 for why it is not simpy.
@@ -87,7 +88,7 @@ class SimOutcome:
     decode_batches: list[int] = field(default_factory=list)  # batch size of every decode forward
 
 
-def thread_share(busy: int, cores: int, speedup: float) -> float:
+def thread_share(busy: int, cores: int, speedup: float, pair_speed: float | None = None) -> float:
     """The speed of each of `busy` forwards on `cores` cores, relative to one forward alone.
 
     As the local engine runs them: a forward alone uses every core (it runs `speedup` times
@@ -95,9 +96,16 @@ def thread_share(busy: int, cores: int, speedup: float) -> float:
     `cores`, then time-sliced). Thread scaling between 1 and `cores` threads is linear.
     With `speedup` = 1 (one thread per forward, as before the engine shared its cores) it
     is min(1, cores / busy).
+
+    `pair_speed` (measured: each of two forwards running at once, relative to one alone)
+    calibrates that shape at two busy forwards: cores that share memory bandwidth (or are
+    SMT siblings) slow concurrent forwards more than thread counts say, so every share is
+    scaled by pair_speed / (the share the shape gives two).
     """
     if busy <= 1:
         return 1.0
+    if pair_speed is not None and cores > 1:
+        return thread_share(busy, cores, speedup) * pair_speed / thread_share(2, cores, speedup)
 
     def speed(threads: int) -> float:
         return 1.0 + (speedup - 1.0) * (threads - 1) / (cores - 1) if cores > 1 else 1.0
@@ -125,15 +133,15 @@ class _Loop:
 class _Host:
     """Processor sharing: with n forwards running, each progresses at `share(n)` of its solo speed."""
 
-    def __init__(self, loop: _Loop, cores: int, speedup: float = 1.0):
-        self.loop, self.cores, self.speedup = loop, cores, speedup
+    def __init__(self, loop: _Loop, cores: int, speedup: float = 1.0, pair_speed: float | None = None):
+        self.loop, self.cores, self.speedup, self.pair_speed = loop, cores, speedup, pair_speed
         self.jobs: dict[int, list] = {}  # id -> [remaining solo seconds, callback]
         self.last = 0.0
         self.version = 0
         self.ids = itertools.count()
 
     def _rate(self) -> float:
-        return thread_share(len(self.jobs), self.cores, self.speedup)
+        return thread_share(len(self.jobs), self.cores, self.speedup, self.pair_speed)
 
     def _advance(self) -> None:
         now, rate = self.loop.now, self._rate()
@@ -297,12 +305,13 @@ class _Decode:
 
 
 class _Sim:
-    def __init__(self, plan, requests, prefill_costs, decode_costs, shared_host_cores, prefix_cache, speedup):
+    def __init__(self, plan, requests, prefill_costs, decode_costs, shared_host_cores, prefix_cache, speedup,
+                 pair_speed=None):
         self.plan, self.prefill_costs, self.decode_costs = plan, prefill_costs, decode_costs
         self.prefix_cache = prefix_cache
         self.loop = _Loop()
         self.batches: list[int] = []
-        shared = _Host(self.loop, shared_host_cores, speedup) if shared_host_cores else None
+        shared = _Host(self.loop, shared_host_cores, speedup, pair_speed) if shared_host_cores else None
         decode_count = len(plan.decode)
 
         def host() -> _Host:
@@ -342,9 +351,10 @@ class _Sim:
 
 def simulate(plan: ClusterPlan, requests: list[SimRequest], prefill_costs, decode_costs, *,
              shared_host_cores: int | None = None, prefix_cache: bool = True,
-             thread_speedup: float = 1.0) -> SimOutcome:
+             thread_speedup: float = 1.0, pair_speed: float | None = None) -> SimOutcome:
     """Run every request to completion; see the module docstring for the rules."""
-    sim = _Sim(plan, requests, prefill_costs, decode_costs, shared_host_cores, prefix_cache, thread_speedup)
+    sim = _Sim(plan, requests, prefill_costs, decode_costs, shared_host_cores, prefix_cache, thread_speedup,
+               pair_speed)
     sim.loop.run()
     unfinished = [t for t in sim.traces if not t.done]
     if unfinished:  # a bug, not a user error: every request must finish
