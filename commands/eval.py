@@ -27,6 +27,8 @@ def eval_command(
     n_samples: int = typer.Option(1, "--n", help="HumanEval: sample N completions per problem, report pass@k, k<=N."),
     temperature: float = typer.Option(None, "--temperature", help="Sampling temperature with --n (default 0.8)."),
     cache: Path = typer.Option(None, "--cache", help="Response-cache directory: a re-run resumes where it stopped."),
+    engine: bool = typer.Option(False, "--engine", help="Generate on suntool's serving engine (all requests at once, "
+                                "continuous batching): faster generation tasks, same greedy answers."),
 ) -> None:
     """Evaluate artifacts with lm-eval (the `suntool` model: prefill half → K/V → decode half)."""
     from rich.markup import escape
@@ -41,7 +43,7 @@ def eval_command(
         artifacts=tuple(artifacts), tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()), limit=limit,
         num_fewshot=num_fewshot, output=output, log_samples=log_samples, batch_size=batch_size, dtype=dtype,
         include_path=include_path, allow_mismatch=allow_mismatch, n_samples=n_samples, temperature=temperature,
-        cache=cache,
+        cache=cache, engine=engine,
     )
     with step_progress("evaluating") as say:
         report = run_eval(config, progress=say, on_requests=RequestProgress("eval") if plain_progress() else None)

@@ -55,6 +55,7 @@ class EvalConfig:
     n_samples: int = 1
     temperature: float | None = None
     cache: Path | None = None
+    engine: bool = False  # generate_until on the serving engine (`suntool.lmeval`, engine=true)
 
     def validate(self) -> None:
         if not self.artifacts:
@@ -281,7 +282,8 @@ def run_eval(config: EvalConfig, progress: Progress | None = None, on_requests=N
     for spec, label in zip(config.artifacts, artifact_labels(config.artifacts), strict=True):
         say(f"evaluating {label} on {', '.join(config.tasks)}")
         model = SuntoolLM(
-            artifact=spec, dtype=config.dtype, batch_size=config.batch_size, allow_mismatch=config.allow_mismatch
+            artifact=spec, dtype=config.dtype, batch_size=config.batch_size, allow_mismatch=config.allow_mismatch,
+            engine=config.engine,
         )
         model.on_requests = on_requests
         chat = [t for t in config.tasks if t in CHAT_TASKS] if getattr(model.tokenizer, "chat_template", None) else []

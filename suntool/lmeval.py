@@ -11,7 +11,13 @@ model calls are replaced:
 - generate_until: prefill half → K/V handoff → decode half (`suntool.handoff.decode`).
 
 Model args (`--model_args`): `artifact=PATH` (an artifact dir, a plain HF checkpoint or a
-built-in name), `dtype`, `batch_size`, `max_length`, `allow_mismatch`, `device`.
+built-in name), `dtype`, `batch_size`, `max_length`, `allow_mismatch`, `device`, `engine`.
+
+`engine=true` (`suntool eval --engine`) runs generate_until on suntool's serving engine instead
+(`suntool.serve.engine`: every request submitted at once, continuous batching, the compact forward
+over the paged KV pool; the same prefill half → K/V → decode half), with lm-eval's own
+tokenization, truncation, stop sequences and post-processing. Greedy outputs equal the reference
+path's (tested) up to float rounding; it loads a second copy of the artifact for the engine.
 
 Progress: set `on_requests(kind, done, total, tokens)` on the model (kind "loglikelihood" or
 "generate_until"); it is called after every batch with the requests done so far in the current call
@@ -48,6 +54,7 @@ class SuntoolLM(HFLM):
         max_length: int | None = None,
         device: str | None = None,
         allow_mismatch: bool | str = False,
+        engine: bool | str = False,
         **kwargs,
     ) -> None:
         from suntool.errors import SuntoolError
@@ -63,6 +70,11 @@ class SuntoolLM(HFLM):
             spec, dtype=dtype, device=device, allow_mismatch=_as_bool(allow_mismatch)
         )
         self.artifact = loaded
+        self._engine_spec = None
+        if _as_bool(engine):
+            if not isinstance(spec, (str, bytes)) and not hasattr(spec, "__fspath__"):
+                raise SuntoolError("engine=true needs the artifact as a path or name (the engine loads its own copy)")
+            self._engine_spec = (str(spec), dtype, _as_bool(allow_mismatch))
         # HFLM warns twice that `pretrained` is a model object, not a name: here that is the design.
         hf_logger = logging.getLogger("lm_eval.models.huggingface")
         level = hf_logger.level
@@ -131,7 +143,74 @@ class SuntoolLM(HFLM):
 
     def generate_until(self, requests, disable_tqdm: bool = False):
         self._generated = (0, len(requests))
+        if self._engine_spec is not None:
+            return self._generate_on_engine(requests)
         return super().generate_until(requests, disable_tqdm=disable_tqdm)
+
+    def _generate_on_engine(self, requests) -> list[str]:
+        """generate_until on the serving engine: all requests at once, lm-eval's encoding and post-processing."""
+        import threading
+
+        from lm_eval.models.huggingface import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
+
+        from suntool.errors import SuntoolError
+        from suntool.serve.engine import Engine, EngineConfig
+        from suntool.serve.sequence import SamplingParams
+
+        spec, dtype, allow_mismatch = self._engine_spec
+        eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
+        jobs = []
+        for request in requests:
+            context, gen_kwargs = request.args
+            kwargs = normalize_gen_kwargs(dict(gen_kwargs), self.max_gen_toks)
+            until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
+            max_gen_toks = kwargs.pop("max_gen_toks")
+            encoded, _ = self.tok_batch_encode([context], left_truncate_len=self.max_length - max_gen_toks,
+                                               truncation=self.truncation)
+            temperature = float(kwargs.get("temperature", 0.0) or 0.0) if kwargs.get("do_sample") else 0.0
+            params = SamplingParams(max_tokens=max_gen_toks, temperature=temperature,
+                                    top_p=float(kwargs.get("top_p", 1.0) or 1.0),
+                                    top_k=int(kwargs.get("top_k", 0) or 0),
+                                    seed=kwargs.get("seed"), stop=tuple(u for u in until if u))
+            jobs.append((encoded[0].tolist(), params, until))
+        config = EngineConfig(dtype=dtype, allow_mismatch=allow_mismatch, max_queue=max(256, len(jobs) + 1),
+                              device=self.device.type if isinstance(self.device, torch.device) else str(self.device))
+        engine = Engine.from_artifacts([spec], names=["eval"], config=config)
+        tokens: list[list[int]] = [[] for _ in jobs]
+        endings: list[str | None] = [None] * len(jobs)
+        finished = threading.Semaphore(0)
+        lock = threading.Lock()
+
+        def sink_for(index: int):
+            def sink(event) -> None:
+                tokens[index].extend(event.token_ids)
+                if event.finish_reason is not None:
+                    endings[index] = event.finish_reason
+                    if self.on_requests is not None:
+                        with lock:
+                            done, total = self._generated
+                            self._generated = (done + 1, total)
+                            self.on_requests("generate_until", done + 1, total, len(tokens[index]))
+                    finished.release()
+            return sink
+
+        try:
+            for index, (ids, params, _) in enumerate(jobs):
+                engine.submit("eval", ids, params, sink_for(index))
+            for _ in jobs:
+                finished.acquire()
+        finally:
+            engine.close()
+        results = []
+        for (_, _, until), cont_toks, ending, request in zip(jobs, tokens, endings, requests, strict=True):
+            if ending not in ("stop", "length"):
+                raise SuntoolError(f"the engine ended a generation with {ending!r}; rerun without --engine")
+            text = postprocess_generated_text(generation=self.tok_decode(cont_toks), stop=until,
+                                              think_end_token=self.think_end_token
+                                              if isinstance(self.think_end_token, str) else None)
+            results.append(text)
+            self.cache_hook.add_partial("generate_until", request.args, text)
+        return results
 
     def _model_generate(self, context, max_length: int, stop: list[str], **generation_kwargs):
         """Generate through prefill → decode; returns context + new tokens like `model.generate`."""

@@ -49,6 +49,22 @@ def test_eval_limit_5_on_every_bundled_task(capsys, two_artifacts, tmp_path):
         assert a[task]["acc,none"] == b[task]["acc,none"]
 
 
+def test_eval_on_the_engine_answers_as_the_reference_path(capsys, two_artifacts, tmp_path):
+    """`--engine`: the generation tasks' samples (every answer) equal the reference path's."""
+    generation = "suntool_arith,suntool_program,suntool_funcall"
+    outputs = {}
+    for label, extra in (("reference", ()), ("engine", ("--engine",))):
+        out = tmp_path / label
+        code, stdout, _ = run_cli(capsys, "eval", str(two_artifacts / "sun-a"), "--tasks", generation, "--limit", "6",
+                                  "--output", str(out), "--log-samples", *extra)
+        assert code in (0, None) and "suntool_arith" in stdout
+        outputs[label] = {task: [json.loads(line)["resps"] for line in
+                                 (out / "sun-a" / f"samples_{task}.jsonl").read_text().splitlines()]
+                          for task in generation.split(",")}
+    assert outputs["engine"] == outputs["reference"]
+    assert all(len(answers) == 6 for answers in outputs["engine"].values())
+
+
 def test_eval_bad_input(capsys, two_artifacts, tmp_path):
     art = str(two_artifacts / "sun-a")
     assert_user_error(capsys, ["eval", art, "--tasks", "no_such_task"], "unknown task", "suntool_arith")

@@ -39,7 +39,8 @@ def models(tiny_checkpoints, tmp_path_factory):
     split(SplitConfig(model=str(checkpoint), out=root / "sun"))
     split(SplitConfig(model=str(checkpoint), out=root / "pre", first_token="prefill"))
     reference = HFLM(pretrained=str(checkpoint), batch_size=2, device="cpu", dtype="float32")
-    return reference, SuntoolLM(artifact=str(root / "sun"), batch_size=2), SuntoolLM(artifact=str(root / "pre"))
+    return (reference, SuntoolLM(artifact=str(root / "sun"), batch_size=2), SuntoolLM(artifact=str(root / "pre")),
+            SuntoolLM(artifact=str(root / "sun"), engine=True), SuntoolLM(artifact=str(root / "pre"), engine="true"))
 
 
 @pytest.mark.parametrize("which", [1, 2], ids=["decode-first-token", "prefill-first-token"])
@@ -58,13 +59,21 @@ def test_loglikelihoods_equal_hf(models, which):
         assert a == pytest.approx(b, abs=1e-4)
 
 
-def test_generation_equals_hf(models):
-    reference, ours, _ = models
+@pytest.mark.parametrize("which", [1, 3, 4], ids=["reference-path", "engine-sun", "engine-prefill-first-token"])
+def test_generation_equals_hf(models, which):
+    reference, ours = models[0], models[which]
     args = [(prompt, {"until": ["\n", "."], "max_gen_toks": 12, "do_sample": False}) for prompt in GENERATE]
+    args.append((GENERATE[0], {"until": "zzz", "max_gen_toks": 20}))  # one stop string, no do_sample: greedy
     theirs = reference.generate_until(instances("generate_until", args))
-    mine = ours.generate_until(instances("generate_until", args))
+    progress = []
+    ours.on_requests = lambda kind, done, total, tokens: progress.append((kind, done, total))
+    try:
+        mine = ours.generate_until(instances("generate_until", args))
+    finally:
+        ours.on_requests = None
     assert mine == theirs
     assert any(len(text) > 3 for text in mine)
+    assert progress[-1] == ("generate_until", len(args), len(args))
 
 
 def test_lm_eval_cli_finds_the_suntool_model(llama_dir, tmp_path):
