@@ -149,17 +149,15 @@ class SuntoolLM(HFLM):
 
     def _generate_on_engine(self, requests) -> list[str]:
         """generate_until on the serving engine: all requests at once, lm-eval's encoding and post-processing."""
-        import threading
-
         from lm_eval.models.huggingface import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
 
-        from suntool.errors import SuntoolError
-        from suntool.serve.engine import Engine, EngineConfig
+        from suntool.serve.engine import EngineConfig
+        from suntool.serve.offline import generate_offline
         from suntool.serve.sequence import SamplingParams
 
         spec, dtype, allow_mismatch = self._engine_spec
         eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
-        jobs = []
+        prompts, params, stops = [], [], []
         for request in requests:
             context, gen_kwargs = request.args
             kwargs = normalize_gen_kwargs(dict(gen_kwargs), self.max_gen_toks)
@@ -168,46 +166,26 @@ class SuntoolLM(HFLM):
             encoded, _ = self.tok_batch_encode([context], left_truncate_len=self.max_length - max_gen_toks,
                                                truncation=self.truncation)
             temperature = float(kwargs.get("temperature", 0.0) or 0.0) if kwargs.get("do_sample") else 0.0
-            params = SamplingParams(max_tokens=max_gen_toks, temperature=temperature,
-                                    top_p=float(kwargs.get("top_p", 1.0) or 1.0),
-                                    top_k=int(kwargs.get("top_k", 0) or 0),
-                                    seed=kwargs.get("seed"), stop=tuple(u for u in until if u))
-            jobs.append((encoded[0].tolist(), params, until))
-        config = EngineConfig(dtype=dtype, allow_mismatch=allow_mismatch, max_queue=max(256, len(jobs) + 1),
-                              device=self.device.type if isinstance(self.device, torch.device) else str(self.device))
-        engine = Engine.from_artifacts([spec], names=["eval"], config=config)
-        tokens: list[list[int]] = [[] for _ in jobs]
-        endings: list[str | None] = [None] * len(jobs)
-        finished = threading.Semaphore(0)
-        lock = threading.Lock()
+            prompts.append(encoded[0].tolist())
+            params.append(SamplingParams(max_tokens=max_gen_toks, temperature=temperature,
+                                         top_p=float(kwargs.get("top_p", 1.0) or 1.0),
+                                         top_k=int(kwargs.get("top_k", 0) or 0),
+                                         seed=kwargs.get("seed"), stop=tuple(u for u in until if u)))
+            stops.append(until)
 
-        def sink_for(index: int):
-            def sink(event) -> None:
-                tokens[index].extend(event.token_ids)
-                if event.finish_reason is not None:
-                    endings[index] = event.finish_reason
-                    if self.on_requests is not None:
-                        with lock:
-                            done, total = self._generated
-                            self._generated = (done + 1, total)
-                            self.on_requests("generate_until", done + 1, total, len(tokens[index]))
-                    finished.release()
-            return sink
+        def finished(done: int, total: int, result) -> None:
+            self._generated = (done, total)
+            if self.on_requests is not None:
+                self.on_requests("generate_until", done, total, len(result.token_ids))
 
-        try:
-            for index, (ids, params, _) in enumerate(jobs):
-                engine.submit("eval", ids, params, sink_for(index))
-            for _ in jobs:
-                finished.acquire()
-        finally:
-            engine.close()
+        device = self.device.type if isinstance(self.device, torch.device) else str(self.device)
+        config = EngineConfig(dtype=dtype, allow_mismatch=allow_mismatch, device=device)
+        outputs = generate_offline(spec, prompts, params, config=config, on_finished=finished)
+        think_end = self.think_end_token if isinstance(self.think_end_token, str) else None
         results = []
-        for (_, _, until), cont_toks, ending, request in zip(jobs, tokens, endings, requests, strict=True):
-            if ending not in ("stop", "length"):
-                raise SuntoolError(f"the engine ended a generation with {ending!r}; rerun without --engine")
-            text = postprocess_generated_text(generation=self.tok_decode(cont_toks), stop=until,
-                                              think_end_token=self.think_end_token
-                                              if isinstance(self.think_end_token, str) else None)
+        for until, output, request in zip(stops, outputs, requests, strict=True):
+            text = postprocess_generated_text(generation=self.tok_decode(list(output.token_ids)), stop=until,
+                                              think_end_token=think_end)
             results.append(text)
             self.cache_hook.add_partial("generate_until", request.args, text)
         return results

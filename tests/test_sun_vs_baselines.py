@@ -51,6 +51,15 @@ def test_seeds_scores_intervals_plot_and_resume(experiment, llama_dir, tmp_path,
     for row in rows:
         assert len(row["scores"]) == 6 and row["n"] == 6 and row["pair_nll"] > 0
         assert row["accuracy"] == sum(row["scores"]) / 6
+    assert {r["generated_on"] for r in rows} == {"engine"}  # every row has a directory the engine loads
+    full0 = json.loads((work / "arith" / "eval-full-s0.json").read_text())  # the reference path answers the same
+    from suntool.artifact import load_artifact
+
+    loaded = load_artifact(work / "arith" / "full-s0")
+    test = [json.loads(line) for line in (work / "arith" / "test.jsonl").read_text().splitlines()]
+    reference = experiment.score_answers(loaded, "arith", test, 3)
+    assert reference["generated_on"] == "reference" and reference["scores"] == full0["scores"]
+    assert [e["output"] for e in reference["examples"]] == [e["output"] for e in full0["examples"]]
     trained = [r for r in rows if r["variant"] != "base"]
     assert all([step for step, _ in r["eval_curve"]] == [0, 1, 2] for r in trained)  # the held-out curve
     sun0 = json.loads((work / "arith" / "sun-s0" / "suntool.json").read_text())["training"]
