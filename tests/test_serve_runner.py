@@ -63,6 +63,31 @@ def test_fused_projections_hold_no_second_copy():
     assert attn.k_proj.weight.untyped_storage().data_ptr() == fused.untyped_storage().data_ptr()
 
 
+def test_packed_weights_give_the_same_logits_as_plain_matmuls():
+    """fp32 on the CPU: every projection runs on oneDNN's prepacked weight (where torch has oneDNN)."""
+    from suntool.serve.runner import _onednn_packing_available
+
+    model = build_model("qwen2")  # biases on q/k/v: the packed path adds them too
+    packed, plain = CompactLM.build(model), CompactLM.build(model, pack=False)
+    if _onednn_packing_available():
+        projections = [packed.lm_head] + [p for layer in packed.layers
+                                          for p in (layer.qkv, layer.o_proj, layer.gate_up, layer.down)]
+        assert all(p.packed is not None for p in projections)
+    assert plain.lm_head.packed is None
+    assert all(p.packed is None for layer in plain.layers for p in (layer.qkv, layer.down))
+    pool_args = dict(**KVPool.geometry(model.config), num_blocks=12, block_size=4, dtype=torch.float32)
+    ids = torch.randint(3, 300, (9,), generator=torch.Generator().manual_seed(2)).tolist()
+    logits = []
+    for runner in (packed, plain):
+        pool = KVPool(**pool_args)
+        seq = new_sequence(ids, pool, 2)
+        with torch.inference_mode():
+            prompt = runner.forward(pool, extend_input(pool, [(seq, 0, 8)], logits=True))
+            seq.num_cached = 8
+            logits.append(torch.cat([prompt, runner.forward(pool, decode_input(pool, [seq]))]))
+    torch.testing.assert_close(logits[0], logits[1], rtol=1e-4, atol=1e-4)
+
+
 def test_a_wrong_forward_is_caught_by_the_self_check(monkeypatch):
     model = build_model("llama")
     monkeypatch.setattr("suntool.serve.runner._rms_norm", lambda x, weight, eps: weight * x)
