@@ -374,7 +374,7 @@ class Engine:
         forward ended less than `THREAD_LINGER_S` ago (prompts keep arriving): a forward that starts
         while another runs cannot shrink the other's OpenMP team, and teams that oversubscribe the cores
         collapse. Measured (docs/serving.md): counting only the threads inside a forward made TPOT
-        ×1.6 at 1–2 req/s; with the lingering count a busy server splits the cores and a server
+        ×1.6 at 1 req/s (×1.2 at 2); with the lingering count a busy server splits the cores and a server
         that only decodes (saturation) still gets every core.
         """
         import torch

@@ -377,7 +377,7 @@ class DecodeWorker(threading.Thread):
         self.engine.init_thread()
         with torch.inference_mode():
             while True:
-                if not self.running:  # about to wait (an unlocked read: a hint for the thread split, no more)
+                if not self.running:  # nothing running: this worker may wait now, and stops counting as busy
                     self.engine.engaged(False)
                 with self.cond:
                     while not self.inbox and not self.running and not self.stopping:
