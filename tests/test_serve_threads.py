@@ -51,7 +51,9 @@ def test_a_thread_that_just_finished_a_forward_still_counts(monkeypatch):
     monkeypatch.setattr(engine_module.time, "monotonic", lambda: clock[0])
     engine._last_forward[-1] = 99.5  # a prefill worker, half a second ago: prompts keep coming
     assert threads_in_forward(engine) == 1
-    clock[0] = 99.5 + engine_module.THREAD_LINGER_S + 0.01
+    # past the linger of both the prefill worker and the forward just run (a thread ident that
+    # the next thread may or may not reuse)
+    clock[0] = 100.0 + engine_module.THREAD_LINGER_S + 0.01
     assert threads_in_forward(engine) == 2
 
 
