@@ -30,6 +30,11 @@ def serve_command(
         512, "--max-prefill-tokens", min=1, help="Prompt tokens per prefill forward (longer prompts are chunked)."
     ),
     no_prefix_cache: bool = typer.Option(False, "--no-prefix-cache", help="Do not reuse prompt K/V blocks."),
+    no_mixed_steps: bool = typer.Option(
+        False, "--no-mixed-steps",
+        help="Run prompts on a prefill thread even where the prefill half is the decode half (default: inside "
+             "the decode forwards, as vLLM's chunked prefill does).",
+    ),
     dtype: str = typer.Option(
         None, "--dtype", help="float32|bfloat16|float16 (CPU default: bf16 if it has bf16 matmul, else fp32)."
     ),
@@ -54,7 +59,7 @@ def serve_command(
     engine = EngineConfig(
         decode_workers=decode_workers, share=not no_share, mode=mode, kv_blocks=kv_blocks, block_size=block_size,
         max_model_len=max_model_len, max_queue=max_queue, max_batch=max_batch, prefix_cache=not no_prefix_cache,
-        max_prefill_tokens=max_prefill_tokens,
+        max_prefill_tokens=max_prefill_tokens, mixed_steps=not no_mixed_steps,
         dtype=dtype, device=device, allow_mismatch=allow_mismatch, torch_threads=torch_threads,
     )
     engine.validate()

@@ -76,6 +76,9 @@ class EngineConfig:
     allow_mismatch: bool = False
     torch_threads: int | None = None  # intra-op threads per busy engine thread; None: cores // busy threads
     compact: bool = True  # run supported halves through suntool.serve.runner (False: transformers' modules)
+    # where a prefill half is its decode half (one set of weights, the compact forward): run prompt chunks
+    # inside the decode forwards (vLLM's chunked prefill) instead of on a prefill thread beside them
+    mixed_steps: bool = True
 
     def validate(self) -> None:
         checks = [
@@ -283,8 +286,19 @@ class Engine:
         self.decode_workers = workers
         for group in self.prefill_groups.values():
             group.worker = PrefillWorker(self, group)
-        for thread in [g.worker for g in self.prefill_groups.values()] + workers:
+            if config.mixed_steps:
+                self._mix(group)
+        for thread in [g.worker for g in self.prefill_groups.values() if not g.worker.mixed] + workers:
             thread.start()
+
+    def _mix(self, prefill: PrefillGroup) -> None:
+        """Hand `prefill`'s prompts to the decode workers when every model of it decodes with its own weights."""
+        decodes = {id(m.decode): m.decode for m in self.models.values() if m.prefill is prefill}
+        if prefill.runner is None or any(d.runner is not prefill.runner for d in decodes.values()):
+            return
+        for decode in decodes.values():
+            decode.prompt_sources.append(prefill.worker)
+            prefill.worker.takers.extend(w for w in decode.workers if w not in prefill.worker.takers)
 
     # -- construction --------------------------------------------------------------------------------------------
     @classmethod
@@ -416,11 +430,15 @@ class Engine:
     def route(self, seq: Sequence) -> None:
         """Hand a prefilled sequence to the least-loaded decode worker of its group."""
         worker = min(seq.model.decode.workers, key=lambda w: w.load)
+        self.started(seq)
+        worker.add(seq)
+
+    def started(self, seq: Sequence) -> None:
+        """Count a prefilled sequence as running (it is about to decode)."""
         with self._lock:
             self._counts["waiting"] -= 1
             self._counts["running"] += 1
         seq.stage = "running"
-        worker.add(seq)
 
     def preempt(self, seq: Sequence) -> None:
         """Free a running sequence's blocks and queue it for recompute at the front of its prefill worker."""
@@ -512,8 +530,10 @@ class Engine:
         groups = [*self.prefill_groups.values(), *self.decode_groups.values()]
         compact = sum(group.runner is not None for group in groups)
         threads = self.config.torch_threads or f"{self.cores} shared by busy threads"
+        mixed = sum(group.worker.mixed for group in self.prefill_groups.values())
         return (f"dtype {self.pool.dtype} · compact forward on {compact}/{len(groups)} groups "
-                f"(others through transformers) · torch threads {threads}")
+                f"(others through transformers) · prompts inside decode steps for {mixed}/"
+                f"{len(self.prefill_groups)} prefill groups · torch threads {threads}")
 
     def stats(self) -> EngineStats:
         allocator = self.allocator
@@ -543,6 +563,7 @@ class Engine:
         with self.resources:
             self.resources.notify_all()
         for thread in threads:
-            thread.join(timeout)
+            if thread.ident is not None:  # a mixed prefill worker's thread never started
+                thread.join(timeout)
         for seq in list(self._live):  # in a prefill queue when its worker stopped
             self.finish(seq, "abort")

@@ -3,6 +3,7 @@
     runner = CompactLM.build(model)                  # None: not a supported model, use transformers
     logits = runner.forward(pool, decode_input(pool, seqs))                 # one token per sequence
     logits = runner.forward(pool, extend_input(pool, [(seq, start, end)]))  # prompt tokens, packed
+    logits = runner.forward(pool, mixed_input(pool, seqs, spans, span_logits))  # both in one forward
 
 Why it exists (measured, docs/performance.md): running transformers' modules through a
 `transformers.Cache` view of the pool costs a gather of every running sequence's history per
@@ -114,6 +115,34 @@ def extend_input(pool: KVPool, spans: list[tuple[Sequence, int, int]], *, logits
         token_ids=torch.cat(ids).to(device), positions=torch.cat(positions).to(device),
         write_slots=torch.cat(slots).to(device), decode_rows=0, block_tables=None, seq_lens=None, spans=packed,
         logit_rows=torch.tensor(last, device=device) if logits else None,
+    )
+
+
+def mixed_input(pool: KVPool, decode: list[Sequence], spans: list[tuple[Sequence, int, int]],
+                span_logits: list[bool]) -> StepInput:
+    """One forward over decode rows (the next token of each of `decode`) and packed prompt spans behind them
+    (vLLM's chunked prefill): logits of every decode row, then of each span whose `span_logits` is True."""
+    import torch
+
+    if not spans:
+        return decode_input(pool, decode)
+    extend = extend_input(pool, spans, logits=True)
+    if not decode and all(span_logits):
+        return extend
+    device = pool.device
+    wanted = extend.logit_rows[torch.tensor(span_logits, dtype=torch.bool, device=device)]
+    if not decode:
+        extend.logit_rows = wanted if len(wanted) else None
+        return extend
+    rows = decode_input(pool, decode)
+    count = rows.decode_rows
+    return StepInput(
+        token_ids=torch.cat([rows.token_ids, extend.token_ids]),
+        positions=torch.cat([rows.positions, extend.positions]),
+        write_slots=torch.cat([rows.write_slots, extend.write_slots]), decode_rows=count,
+        block_tables=rows.block_tables, seq_lens=rows.seq_lens,
+        spans=[PrefillSpan(offset=s.offset + count, start=s.start, end=s.end, history=s.history) for s in extend.spans],
+        logit_rows=torch.cat([rows.logit_rows, wanted + count]),
     )
 
 

@@ -73,6 +73,8 @@ class DecodeGroup:
     models: tuple[str, ...]
     runner: Any = None  # suntool.serve.runner.CompactLM, or None: transformers runs the model
     workers: list = field(default_factory=list)
+    # mixed steps: prefill workers whose prompts this group's decode workers run inside their decode forwards
+    prompt_sources: list = field(default_factory=list)
 
 
 def forward_tokens(pool, group, seq: Sequence, start: int, end: int):
@@ -105,12 +107,37 @@ class PrefillWorker(threading.Thread):
         self.queue: deque[Sequence] = deque()
         self.cond = threading.Condition()
         self.stopping = False
+        # mixed steps: the decode workers that take this queue's prompts (the thread itself then never runs)
+        self.takers: list[DecodeWorker] = []
+
+    @property
+    def mixed(self) -> bool:
+        return bool(self.takers)
 
     # -- queue -----------------------------------------------------------------------------------
     def add(self, seq: Sequence, *, front: bool = False) -> None:
         with self.cond:
             (self.queue.appendleft if front else self.queue.append)(seq)
             self.cond.notify()
+        for taker in self.takers:
+            taker.wake()
+
+    def take(self) -> tuple[Sequence | None, list[Sequence]]:
+        """Mixed steps: pop the head for a decode worker if blocks for all its tokens can be reserved now.
+
+        Returns (the sequence or None, aborted sequences popped on the way: the caller finishes them).
+        """
+        aborted = []
+        with self.cond:
+            while self.queue:
+                head = self.queue[0]
+                if head.aborted:
+                    aborted.append(self.queue.popleft())
+                    continue
+                if not self._reserve(head, wait=False, tokens=head.length):
+                    break
+                return self.queue.popleft(), aborted
+        return None, aborted
 
     def remove(self, seq: Sequence) -> bool:
         """Take `seq` out of the queue if it is still there (the caller then owns it)."""
@@ -197,8 +224,9 @@ class PrefillWorker(threading.Thread):
         """Recomputed sequences run alone; so do prefix-cache hits unless the compact forward packs them."""
         return bool(seq.output_ids) or (seq.prefix_hit_tokens > 0 and self.group.runner is None)
 
-    def _reserve(self, seq: Sequence, *, wait: bool) -> bool:
-        """Give `seq` its prefix-cache hits and blocks for its cached tokens; wait for blocks if asked."""
+    def _reserve(self, seq: Sequence, *, wait: bool, tokens: int | None = None) -> bool:
+        """Give `seq` its prefix-cache hits and blocks for its cached tokens (or the first `tokens`); wait for
+        blocks if asked."""
         engine, allocator = self.engine, self.engine.allocator
         if not seq.block_table and self.group.prefix_cache:
             # the last prompt token is always computed (the prefill convention needs its logits)
@@ -207,7 +235,9 @@ class PrefillWorker(threading.Thread):
             seq.block_table = hits
             seq.prefix_hit_tokens = len(hits) * allocator.block_size
         # K/V to hold: tokens[:length-1]; under the prefill convention a new prompt caches all of itself
-        need = allocator.blocks_for(max(seq.length - 1, self.group.prefill_end(seq))) - len(seq.block_table)
+        if tokens is None:
+            tokens = max(seq.length - 1, self.group.prefill_end(seq))
+        need = allocator.blocks_for(tokens) - len(seq.block_table)
         reserve = 0 if seq.output_ids else min(engine.watermark, allocator.capacity - need)
         while True:
             with engine.resources:
@@ -237,7 +267,7 @@ class PrefillWorker(threading.Thread):
             else:
                 first_logits = self._run_handoff(batch)
         for row, seq in enumerate(batch):
-            self._register_prefix(seq)
+            self.register_prefix(seq)
             if seq.aborted:
                 engine.finish(seq, "abort")
                 continue
@@ -330,7 +360,8 @@ class PrefillWorker(threading.Thread):
             seq.num_cached = seq.length - 1
         return first_logits
 
-    def _register_prefix(self, seq: Sequence) -> None:
+    def register_prefix(self, seq: Sequence) -> None:
+        """Offer the sequence's full prompt blocks (K/V now computed) to the prefix cache."""
         if not seq.prefix_blocks:
             return
         allocator = self.engine.allocator
@@ -349,12 +380,13 @@ class DecodeWorker(threading.Thread):
         self.engine, self.index, self.groups = engine, index, groups
         self.inbox: list[Sequence] = []
         self.running: list[Sequence] = []
+        self.prefilling: list[Sequence] = []  # mixed steps: prompts taken, K/V of tokens[:num_cached] computed
         self.cond = threading.Condition()
         self.stopping = False
 
     @property
     def load(self) -> int:
-        return len(self.running) + len(self.inbox)
+        return len(self.running) + len(self.inbox) + len(self.prefilling)
 
     def add(self, seq: Sequence) -> None:
         with self.cond:
@@ -371,40 +403,52 @@ class DecodeWorker(threading.Thread):
             self.stopping = True
             self.cond.notify_all()
 
+    def _prompts_waiting(self) -> bool:
+        return any(source.queue for group in self.groups for source in group.prompt_sources)
+
     def run(self) -> None:
         import torch
 
-        self.engine.init_thread()
+        engine = self.engine
+        engine.init_thread()
         with torch.inference_mode():
             while True:
-                if not self.running:  # nothing running: this worker may wait now, and stops counting as busy
-                    self.engine.engaged(False)
+                if not self.running and not self.prefilling:  # may wait now, and stops counting as busy
+                    engine.engaged(False)
                 with self.cond:
-                    while not self.inbox and not self.running and not self.stopping:
+                    while (not self.inbox and not self.running and not self.prefilling and not self.stopping
+                           and not self._prompts_waiting()):
                         self.cond.wait()
                     if self.stopping:
-                        leftover = self.running + self.inbox
-                        self.running, self.inbox = [], []
+                        leftover = self.running + self.inbox + self.prefilling
+                        self.running, self.inbox, self.prefilling = [], [], []
                         break
                     present = set(map(id, self.running))
                     self.running.extend(s for s in self.inbox if id(s) not in present)
                     self.inbox.clear()
-                self.engine.engaged(bool(self.running))
-                for seq in [s for s in self.running if s.aborted]:
-                    self.running.remove(seq)
-                    self.engine.finish(seq, "abort")
+                engine.engaged(True)
+                for seq in [s for s in self.running + self.prefilling if s.aborted]:
+                    (self.running if seq in self.running else self.prefilling).remove(seq)
+                    engine.finish(seq, "abort")
+                stepped_any = False
                 for group in self.groups:
-                    batch = [s for s in self.running if s.model.decode is group][: self.engine.config.max_batch]
-                    if batch:
+                    batch = [s for s in self.running if s.model.decode is group][: engine.config.max_batch]
+                    if group.prompt_sources:
+                        stepped_any |= self._mixed_step(group, batch)
+                    elif batch:
                         self._step(group, batch)
-                        # round-robin when more sequences run than fit one forward
+                        stepped_any = True
+                    if batch:  # round-robin when more sequences run than fit one forward
                         stepped = set(map(id, batch))
                         self.running = [s for s in self.running if id(s) not in stepped] + [
                             s for s in self.running if id(s) in stepped
                         ]
                 self.running = [s for s in self.running if not s.finished and s.worker is self]
+                if not stepped_any:  # prompts wait for blocks that other workers hold: wait for a free
+                    with engine.resources:
+                        engine.resources.wait(0.05)
         for seq in leftover:
-            self.engine.finish(seq, "abort")
+            engine.finish(seq, "abort")
 
     def _preempt_for(self, seq: Sequence, ready: list[Sequence], preempted: set[int]) -> bool:
         """Free blocks by preempting the newest sequence of this worker; False if `seq` itself had to go.
@@ -422,8 +466,9 @@ class DecodeWorker(threading.Thread):
         self.engine.preempt(victim)
         return victim is not seq
 
-    def _step(self, group: DecodeGroup, batch: list[Sequence]) -> None:
-        engine, allocator = self.engine, self.engine.allocator
+    def _slots_for(self, batch: list[Sequence]) -> list[Sequence]:
+        """The sequences of `batch` that got a pool slot for their next token (preempting others if needed)."""
+        allocator = self.engine.allocator
         ready: list[Sequence] = []
         preempted: set[int] = set()  # ids preempted during this step: skipped even if already routed back
         for seq in sorted(batch, key=lambda s: s.arrival):
@@ -437,6 +482,18 @@ class DecodeWorker(threading.Thread):
                         break
             if id(seq) not in preempted and not seq.finished:
                 ready.append(seq)
+        return ready
+
+    def _fail(self, seqs: list[Sequence], err: Exception) -> None:
+        for seq in seqs:
+            for owner in (self.running, self.prefilling):
+                if seq in owner:
+                    owner.remove(seq)
+            self.engine.finish(seq, "error", error=err)
+
+    def _step(self, group: DecodeGroup, batch: list[Sequence]) -> None:
+        engine = self.engine
+        ready = self._slots_for(batch)
         if not ready:
             return
         try:
@@ -444,14 +501,89 @@ class DecodeWorker(threading.Thread):
                 tokens = self._forward(group, ready)
         except Exception as err:  # a bug: fail this batch, keep serving
             log.exception("decode step over %d sequences failed", len(ready))
-            for seq in ready:
-                self.running.remove(seq)
-                engine.finish(seq, "error", error=err)
+            self._fail(ready, err)
             return
         engine.observe_step(ready)
         for seq, token in zip(ready, tokens, strict=True):
             seq.num_cached += 1
             engine.accept(seq, token)
+
+    # -- mixed steps -------------------------------------------------------------------------------
+    def _prompt_spans(self, group: DecodeGroup, rows: int) -> list[tuple[Sequence, int, int]]:
+        """Prompt chunks to run beside `rows` decode rows: the prompts already started first (oldest first),
+        then new ones from the group's prefill queues, within the step's token budget
+        (`max_prefill_tokens` less the decode rows, at least a quarter of it) and `max_batch` sequences."""
+        engine, config = self.engine, self.engine.config
+        room = max(config.max_prefill_tokens - rows, config.max_prefill_tokens // 4, 1)
+        spans = []
+        for seq in self.prefilling:
+            if room <= 0:
+                return spans
+            end = min(seq.length, seq.num_cached + room)
+            spans.append((seq, seq.num_cached, end))
+            room -= end - seq.num_cached
+        seats = config.max_batch - len(self.running) - len(self.prefilling)
+        for source in group.prompt_sources:
+            while room > 0 and seats > 0:
+                seq, aborted = source.take()
+                for gone in aborted:
+                    engine.finish(gone, "abort")
+                if seq is None:
+                    break
+                engine.scheduled(seq)
+                seq.worker = self
+                seq.num_cached = seq.prefix_hit_tokens
+                self.prefilling.append(seq)
+                seats -= 1
+                end = min(seq.length, seq.num_cached + room)
+                spans.append((seq, seq.num_cached, end))
+                room -= end - seq.num_cached
+        return spans
+
+    def _mixed_step(self, group: DecodeGroup, batch: list[Sequence]) -> bool:
+        """One forward over the decode rows of `batch` and prompt chunks of the group's prefill queues.
+
+        Only for a group whose prefill half is its own decode half (the same runner): a prompt's K/V is
+        then computed through to its last token, whose logits give the first output token (a recomputed
+        sequence's next one), and the sequence decodes in this worker from the next step on. Returns False
+        when there was nothing to run.
+        """
+        from suntool.serve.runner import mixed_input
+        from suntool.serve.sampling import choose_tokens
+
+        engine = self.engine
+        ready = self._slots_for(batch) if batch else []
+        spans = self._prompt_spans(group, len(ready))
+        if not ready and not spans:
+            return False
+        complete = [end == seq.length for seq, _, end in spans]
+        try:
+            with engine.computing():
+                logits = group.runner.forward(engine.pool, mixed_input(engine.pool, ready, spans, complete))
+                sampled = ready + [seq for (seq, _, _), done in zip(spans, complete, strict=True) if done]
+                tokens = choose_tokens(logits, sampled) if sampled else []
+        except Exception as err:  # a bug: fail these sequences, keep serving
+            log.exception("mixed step over %d decode rows and %d prompt chunks failed", len(ready), len(spans))
+            self._fail(ready + [seq for seq, _, _ in spans], err)
+            return True
+        if ready:
+            engine.observe_step(ready)
+        for seq, token in zip(ready, tokens, strict=False):
+            seq.num_cached += 1
+            engine.accept(seq, token)
+        firsts = iter(tokens[len(ready):])
+        for (seq, _, end), done in zip(spans, complete, strict=True):
+            seq.num_cached = end
+            if not done:
+                continue
+            self.prefilling.remove(seq)
+            prefill = seq.model.prefill
+            seq.prefix_blocks = prefill.prefill_end(seq) // engine.pool.block_size if prefill.prefix_cache else 0
+            prefill.worker.register_prefix(seq)
+            engine.started(seq)
+            if not engine.accept(seq, next(firsts)):
+                self.running.append(seq)
+        return True
 
     def _forward(self, group: DecodeGroup, ready: list[Sequence]) -> list[int]:
         import torch
