@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 CATEGORIES = {
-    "matmuls": ("aten::linear", "aten::addmm", "aten::mm", "aten::matmul", "aten::bmm"),
+    "matmuls": ("aten::linear", "aten::addmm", "aten::mm", "aten::matmul", "aten::bmm", "mkldnn::_linear_pointwise"),
     "K/V writes": ("aten::index_copy_", "aten::index_copy"),
     "gathers": ("aten::index_select", "aten::gather", "aten::index"),
     "attention": ("aten::scaled_dot_product_attention", "attention"),

@@ -91,3 +91,23 @@ def test_refusals():
         paged_attention_cpu(torch.randn(1, 3, 8), k, v, tables, lens)  # 3 query heads over 2 KV heads
     with pytest.raises(ValueError):
         paged_attention_cpu(q, k.transpose(1, 2), v, tables, lens)
+
+
+@pytest.mark.parametrize("whole_rows", [True, False])
+def test_both_task_shapes_match_the_reference(whole_rows, monkeypatch):
+    """A task per sequence (all its KV heads, whole token rows) or per (sequence, KV head)."""
+    from suntool.kernels import paged_attention_cpu as kernel
+
+    monkeypatch.setattr(kernel, "_WHOLE_ROWS_BATCH", 0 if whole_rows else 10**6)
+    for seed, (hq, hkv, d, block_size) in enumerate([(9, 3, 64, 16), (8, 2, 20, 5), (4, 4, 7, 3)]):
+        q, k, v, tables, lens = paged_case([1, 5, 37, 130, 64, 17], hq, hkv, d, block_size, seed=10 + seed)
+        window = torch.tensor([1, 3, 40, 9, 64, 2])
+        for threads in (1, 2):
+            torch.testing.assert_close(paged_attention_cpu(q, k, v, tables, lens, num_threads=threads),
+                                       paged_attention_ref(q, k, v, tables, lens), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(paged_attention_cpu(q, k, v, tables, lens, sliding_window=window),
+                                   paged_attention_ref(q, k, v, tables, lens, sliding_window=window),
+                                   rtol=1e-5, atol=1e-5)
+        half = paged_attention_cpu(q.bfloat16(), k.bfloat16(), v.bfloat16(), tables, lens)
+        expected = paged_attention_ref(q.bfloat16().float(), k.bfloat16().float(), v.bfloat16().float(), tables, lens)
+        torch.testing.assert_close(half.float(), expected, rtol=2e-2, atol=2e-2)
