@@ -126,8 +126,10 @@ def test_task_models_really_differ(sun_artifacts):
     assert len(set(outputs.values())) == 3
 
 
-def test_concurrent_requests_of_several_models_equal_generate_alone(sun_artifacts):
-    engine = Engine.from_artifacts(list(sun_artifacts.values()), config=EngineConfig(decode_workers=1))
+@pytest.mark.parametrize("mixed_steps", [True, False], ids=["prompts-on-decode-thread", "prefill-threads"])
+def test_concurrent_requests_of_several_models_equal_generate_alone(sun_artifacts, mixed_steps):
+    config = EngineConfig(decode_workers=1, mixed_steps=mixed_steps)
+    engine = Engine.from_artifacts(list(sun_artifacts.values()), config=config)
     try:
         jobs = [(name, prompt) for prompt in PROMPTS for name in sun_artifacts]
         collector = run_all(engine, jobs, SamplingParams(max_tokens=16))
@@ -141,8 +143,9 @@ def test_concurrent_requests_of_several_models_equal_generate_alone(sun_artifact
     assert stats.kv_blocks_used == 0 and stats.running == 0 and stats.waiting == 0
 
 
-def test_out_of_blocks_preempts_and_recomputes_exactly(sun_artifacts):
-    config = EngineConfig(decode_workers=2, kv_blocks=14, block_size=4)
+@pytest.mark.parametrize("mixed_steps", [True, False], ids=["prompts-on-decode-thread", "prefill-threads"])
+def test_out_of_blocks_preempts_and_recomputes_exactly(sun_artifacts, mixed_steps):
+    config = EngineConfig(decode_workers=2, kv_blocks=14, block_size=4, mixed_steps=mixed_steps)
     engine = Engine.from_artifacts(list(sun_artifacts.values()), config=config)
     try:
         jobs = [(name, prompt) for prompt in PROMPTS for name in sun_artifacts]

@@ -82,7 +82,7 @@ def test_greedy_output_equals_generate_with_prompts_inside_decode_steps(first_to
     try:
         assert all(group.worker.mixed for group in engine.prefill_groups.values())
         assert not any(group.worker.is_alive() for group in engine.prefill_groups.values())
-        assert "prompts inside decode steps for 2/2 prefill groups" in engine.describe()
+        assert "prompts on the decode threads for 2/2 prefill groups" in engine.describe()
         steps = record_steps(engine)
         jobs = [(name, prompt) for prompt in PROMPTS for name in artifacts]
         collector = run_all(engine, jobs, SamplingParams(max_tokens=12))
@@ -147,19 +147,47 @@ def test_abort_of_a_prompt_halfway_through_its_chunks(tiny_checkpoints, tmp_path
     assert_matches_reference(follow_up, artifacts, PROMPTS[1:2], 6)
 
 
-def test_sun_task_halves_and_the_switch_keep_the_prefill_thread(tiny_checkpoints, tmp_path):
-    tuned = make_task_artifacts(tiny_checkpoints["llama"], tmp_path, ["t"])
+@pytest.mark.parametrize("first_token", ["decode", "prefill"])
+def test_sun_task_halves_run_on_the_decode_thread(first_token, tiny_checkpoints, tmp_path):
+    """Task prefill halves that differ from the shared decode half: their chunks run in forwards of their own
+    on the decode worker's thread, through chunking, preemption and recompute (catch-up by the decode half)."""
+    tuned = make_task_artifacts(tiny_checkpoints["llama"], tmp_path, ["a", "b"])
+    if first_token == "prefill":
+        from suntool.manifest import MANIFEST_NAME, read_manifest
+
+        for path in tuned:  # the convention only says which half makes the first token: same weights
+            manifest = read_manifest(path)
+            manifest = type(manifest).from_dict({**manifest.to_dict(), "handoff": {
+                **manifest.to_dict()["handoff"], "first_token": "prefill"}})
+            (path / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
+    artifacts = dict(zip(["a", "b"], tuned, strict=True))
+    config = EngineConfig(max_prefill_tokens=8, kv_blocks=16, block_size=4)
+    engine = Engine.from_artifacts(tuned, config=config)
+    try:
+        assert all(group.worker.mixed for group in engine.prefill_groups.values())
+        assert not any(group.worker.is_alive() for group in engine.prefill_groups.values())
+        assert {group.first_token for group in engine.prefill_groups.values()} == {first_token}
+        collector = run_all(engine, [(n, p) for p in PROMPTS for n in artifacts], SamplingParams(max_tokens=16))
+        stats = engine.stats()
+    finally:
+        engine.close()
+    assert_matches_reference(collector, artifacts, PROMPTS, 16)
+    assert stats.preemptions > 0 and stats.kv_blocks_used == 0 and stats.mixed_model_steps > 0
+
+
+def test_the_switch_and_the_transformers_path_keep_prefill_threads(tiny_checkpoints, tmp_path):
     plain = plain_splits(tiny_checkpoints["llama"], tmp_path, ["p"])
-    for paths, config in ((tuned, EngineConfig()), (list(plain.values()), EngineConfig(mixed_steps=False))):
-        engine = Engine.from_artifacts(paths, config=config)
+    steps = []
+    for config in (EngineConfig(mixed_steps=False), EngineConfig(compact=False)):
+        engine = Engine.from_artifacts(list(plain.values()), config=config)
         try:
             assert not any(group.worker.mixed for group in engine.prefill_groups.values())
             assert all(group.worker.is_alive() for group in engine.prefill_groups.values())
-            if not config.mixed_steps:
+            if config.compact:
                 steps = record_steps(engine)
-                collector = run_all(engine, [("p", prompt) for prompt in PROMPTS], SamplingParams(max_tokens=8))
+            collector = run_all(engine, [("p", prompt) for prompt in PROMPTS], SamplingParams(max_tokens=8))
         finally:
             engine.close()
+        assert_matches_reference(collector, plain, PROMPTS, 8)
     # one runner (the same weights), but never decode rows and prompt chunks in one forward
     assert all(rows == 0 or chunks == 0 for rows, chunks in steps) and any(chunks for _, chunks in steps)
-    assert_matches_reference(collector, plain, PROMPTS, 8)

@@ -76,8 +76,9 @@ class EngineConfig:
     allow_mismatch: bool = False
     torch_threads: int | None = None  # intra-op threads per busy engine thread; None: cores // busy threads
     compact: bool = True  # run supported halves through suntool.serve.runner (False: transformers' modules)
-    # where a prefill half is its decode half (one set of weights, the compact forward): run prompt chunks
-    # inside the decode forwards (vLLM's chunked prefill) instead of on a prefill thread beside them
+    # run prompts on the decode workers' threads (one thread runs every forward, one OpenMP team owns the
+    # cores): inside the decode forward where the prefill half is the decode half (vLLM's chunked prefill),
+    # else in a forward of the prefill half just before; False: a prefill thread per prefill half
     mixed_steps: bool = True
 
     def validate(self) -> None:
@@ -292,9 +293,9 @@ class Engine:
             thread.start()
 
     def _mix(self, prefill: PrefillGroup) -> None:
-        """Hand `prefill`'s prompts to the decode workers when every model of it decodes with its own weights."""
+        """Hand `prefill`'s prompts to the decode workers of its models when the compact forward runs all halves."""
         decodes = {id(m.decode): m.decode for m in self.models.values() if m.prefill is prefill}
-        if prefill.runner is None or any(d.runner is not prefill.runner for d in decodes.values()):
+        if prefill.runner is None or any(d.runner is None for d in decodes.values()):
             return
         for decode in decodes.values():
             decode.prompt_sources.append(prefill.worker)
@@ -532,7 +533,7 @@ class Engine:
         threads = self.config.torch_threads or f"{self.cores} shared by busy threads"
         mixed = sum(group.worker.mixed for group in self.prefill_groups.values())
         return (f"dtype {self.pool.dtype} · compact forward on {compact}/{len(groups)} groups "
-                f"(others through transformers) · prompts inside decode steps for {mixed}/"
+                f"(others through transformers) · prompts on the decode threads for {mixed}/"
                 f"{len(self.prefill_groups)} prefill groups · torch threads {threads}")
 
     def stats(self) -> EngineStats:

@@ -77,6 +77,13 @@ class DecodeGroup:
     prompt_sources: list = field(default_factory=list)
 
 
+def torch_mask(flags: list[bool]):
+    """A boolean index over the rows of a forward's logits."""
+    import torch
+
+    return torch.tensor(flags, dtype=torch.bool)
+
+
 def forward_tokens(pool, group, seq: Sequence, start: int, end: int):
     """Run tokens[start:end] of one sequence over its cached history with `group`'s half (a prefill or
     decode group); their K/V land in its blocks. Returns the last token's logits [1, V]."""
@@ -135,6 +142,10 @@ class PrefillWorker(threading.Thread):
                     aborted.append(self.queue.popleft())
                     continue
                 if not self._reserve(head, wait=False, tokens=head.length):
+                    # hold nothing while waiting: prefix hits kept by the heads of several queues can
+                    # together starve every one of them (its blocks stay in the prefix cache for next time)
+                    hits, head.block_table, head.prefix_hit_tokens = head.block_table, [], 0
+                    self.engine.allocator.free(hits)
                     break
                 return self.queue.popleft(), aborted
         return None, aborted
@@ -509,21 +520,52 @@ class DecodeWorker(threading.Thread):
             engine.accept(seq, token)
 
     # -- mixed steps -------------------------------------------------------------------------------
+    @staticmethod
+    def _next_chunk(group: DecodeGroup, seq: Sequence) -> tuple[Any, int, bool]:
+        """Where a taken prompt goes next: (runner, token index to compute up to, whether its logits are wanted).
+
+        Its prefill half's runner computes tokens up to `prefill_end` (the first token sampled there under the
+        prefill convention); a recomputed sequence then catches up its generated tokens with the decode half.
+        When the prefill half is the decode half, one runner computes everything, through the last token,
+        whose logits give the next token.
+        """
+        prefill = seq.model.prefill
+        if prefill.runner is group.runner:
+            return group.runner, seq.length, True
+        end = prefill.prefill_end(seq)
+        if seq.num_cached < end:
+            return prefill.runner, end, prefill.first_token == "prefill" and not seq.output_ids
+        return group.runner, seq.length - 1, False
+
+    def _prefilled(self, group: DecodeGroup, seq: Sequence) -> bool:
+        """Whether a taken prompt's K/V is complete, so it decodes from the next step on."""
+        if seq.model.prefill.runner is group.runner:  # one set of weights: any split point gives the same tokens
+            return seq.num_cached >= seq.length - 1
+        return self._next_chunk(group, seq)[1] <= seq.num_cached
+
     def _prompt_spans(self, group: DecodeGroup, rows: int) -> list[tuple[Sequence, int, int]]:
-        """Prompt chunks to run beside `rows` decode rows: the prompts already started first (oldest first),
-        then new ones from the group's prefill queues, within the step's token budget
+        """Prompt chunks to run in this step: the prompts already started first (oldest first), then new ones
+        from the group's prefill queues (round robin over them), within the step's token budget
         (`max_prefill_tokens` less the decode rows, at least a quarter of it) and `max_batch` sequences."""
         engine, config = self.engine, self.engine.config
         room = max(config.max_prefill_tokens - rows, config.max_prefill_tokens // 4, 1)
         spans = []
+
+        def plan(seq: Sequence) -> None:
+            nonlocal room
+            _, target, _ = self._next_chunk(group, seq)
+            end = min(target, seq.num_cached + room)
+            spans.append((seq, seq.num_cached, end))
+            room -= end - seq.num_cached
+
         for seq in self.prefilling:
             if room <= 0:
                 return spans
-            end = min(seq.length, seq.num_cached + room)
-            spans.append((seq, seq.num_cached, end))
-            room -= end - seq.num_cached
+            plan(seq)
         seats = config.max_batch - len(self.running) - len(self.prefilling)
-        for source in group.prompt_sources:
+        sources = group.prompt_sources
+        self._source_turn = (getattr(self, "_source_turn", -1) + 1) % len(sources)
+        for source in sources[self._source_turn:] + sources[: self._source_turn]:
             while room > 0 and seats > 0:
                 seq, aborted = source.take()
                 for gone in aborted:
@@ -535,54 +577,74 @@ class DecodeWorker(threading.Thread):
                 seq.num_cached = seq.prefix_hit_tokens
                 self.prefilling.append(seq)
                 seats -= 1
-                end = min(seq.length, seq.num_cached + room)
-                spans.append((seq, seq.num_cached, end))
-                room -= end - seq.num_cached
+                plan(seq)
         return spans
 
     def _mixed_step(self, group: DecodeGroup, batch: list[Sequence]) -> bool:
-        """One forward over the decode rows of `batch` and prompt chunks of the group's prefill queues.
+        """One step of this worker's thread: prompt chunks of the group's prefill queues and the decode rows.
 
-        Only for a group whose prefill half is its own decode half (the same runner): a prompt's K/V is
-        then computed through to its last token, whose logits give the first output token (a recomputed
-        sequence's next one), and the sequence decodes in this worker from the next step on. Returns False
-        when there was nothing to run.
+        Chunks through the decode half (a prefill half that is the decode half, or a recomputed sequence
+        catching up) run in the decode forward itself, packed behind its rows (vLLM's chunked prefill);
+        chunks through another prefill half run in a forward of that half just before. Either way every
+        forward of these models runs on this one thread, so one OpenMP team owns the cores. A sequence
+        whose K/V is complete up to its last token decodes in this worker from the next step on.
+        Returns False when there was nothing to run.
         """
-        from suntool.serve.runner import mixed_input
+        from suntool.serve.runner import extend_input, mixed_input
         from suntool.serve.sampling import choose_tokens
 
-        engine = self.engine
+        engine, pool = self.engine, self.engine.pool
         ready = self._slots_for(batch) if batch else []
         spans = self._prompt_spans(group, len(ready))
         if not ready and not spans:
             return False
-        complete = [end == seq.length for seq, _, end in spans]
+        by_runner: dict[int, tuple[Any, list, list[bool]]] = {}
+        for seq, start, end in spans:
+            if end == start:  # a prefix-cache hit covered all of it: nothing to compute
+                continue
+            runner, target, wants_logits = self._next_chunk(group, seq)
+            _, chunks, logits = by_runner.setdefault(id(runner), (runner, [], []))
+            chunks.append((seq, start, end))
+            logits.append(wants_logits and end == target)
+        sampled: list[tuple[Sequence, int]] = []  # (sequence, token) of every row with logits
         try:
             with engine.computing():
-                logits = group.runner.forward(engine.pool, mixed_input(engine.pool, ready, spans, complete))
-                sampled = ready + [seq for (seq, _, _), done in zip(spans, complete, strict=True) if done]
-                tokens = choose_tokens(logits, sampled) if sampled else []
+                for runner, chunks, logits in by_runner.values():
+                    if runner is group.runner:
+                        continue
+                    out = runner.forward(pool, extend_input(pool, chunks, logits=any(logits)))
+                    if any(logits):
+                        seqs = [seq for (seq, _, _), want in zip(chunks, logits, strict=True) if want]
+                        sampled += zip(seqs, choose_tokens(out[torch_mask(logits)], seqs), strict=True)
+                _, chunks, logits = by_runner.get(id(group.runner), (None, [], []))
+                if ready or chunks:
+                    out = group.runner.forward(pool, mixed_input(pool, ready, chunks, logits))
+                    seqs = ready + [seq for (seq, _, _), want in zip(chunks, logits, strict=True) if want]
+                    if seqs:
+                        sampled += zip(seqs, choose_tokens(out, seqs), strict=True)
         except Exception as err:  # a bug: fail these sequences, keep serving
             log.exception("mixed step over %d decode rows and %d prompt chunks failed", len(ready), len(spans))
             self._fail(ready + [seq for seq, _, _ in spans], err)
             return True
         if ready:
             engine.observe_step(ready)
-        for seq, token in zip(ready, tokens, strict=False):
+        for seq in ready:
             seq.num_cached += 1
-            engine.accept(seq, token)
-        firsts = iter(tokens[len(ready):])
-        for (seq, _, end), done in zip(spans, complete, strict=True):
+        for seq, _, end in spans:
             seq.num_cached = end
-            if not done:
+        for seq, token in sampled:
+            engine.accept(seq, token)
+        for seq, _, _ in spans:
+            if seq.finished and seq in self.prefilling:  # its first token ended it
+                self.prefilling.remove(seq)
+            if seq.finished or not self._prefilled(group, seq):
                 continue
-            self.prefilling.remove(seq)
+            self.prefilling.remove(seq)  # K/V complete up to its last token: it decodes from the next step on
             prefill = seq.model.prefill
-            seq.prefix_blocks = prefill.prefill_end(seq) // engine.pool.block_size if prefill.prefix_cache else 0
+            seq.prefix_blocks = prefill.prefill_end(seq) // pool.block_size if prefill.prefix_cache else 0
             prefill.worker.register_prefix(seq)
             engine.started(seq)
-            if not engine.accept(seq, next(firsts)):
-                self.running.append(seq)
+            self.running.append(seq)
         return True
 
     def _forward(self, group: DecodeGroup, ready: list[Sequence]) -> list[int]:
