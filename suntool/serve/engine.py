@@ -10,7 +10,10 @@ Every request goes: `submit` (admission: known model, fits the context, queue no
 → its model's `PrefillWorker` (prompt K/V into paged blocks) → the least-loaded
 `DecodeWorker` of its decode group, which batches it with the running sequences of every
 model in that group, one token per forward, until EOS, a stop string, `max_tokens` or the
-context length. Events reach `sink` from engine threads; `sink` must return quickly.
+context length. Events reach `sink` from engine threads; `sink` must return quickly. With
+mixed steps (the default on the compact forward) the decode worker runs the prompt too, inside
+or just before its decode forward, so one thread runs every forward (one OpenMP team: see
+`suntool.serve.app.keep_this_thread_serial` for why that matters).
 
 Threads, not processes (measured, see docs/serving.md): torch releases the GIL inside
 its ops, so prefill and decode workers run concurrently in one process, and the K/V

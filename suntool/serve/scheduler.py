@@ -20,6 +20,12 @@ Full blocks computed by a prefill half are registered in the prefix cache, salte
 the prefill group's identity, so hits happen across every model of a shared prefill.
 Then the sequence goes to the least-loaded decode worker of its decode group.
 
+Mixed steps (`EngineConfig.mixed_steps`, the default where the compact forward runs every half of a
+prefill group's models): that group's `PrefillWorker` thread never starts; its queue is drained by
+the decode workers (`PrefillWorker.take`), which run the prompt chunks in their own steps
+(`DecodeWorker._mixed_step`): inside the decode forward where the chunk goes through the decode
+half, in a forward of the prefill half just before otherwise. One thread then runs every forward.
+
 `DecodeWorker` owns the sequences routed to it. Each iteration it admits its inbox,
 drops aborted sequences, and per decode group runs ONE forward over up to `max_batch` of
 its running sequences, whatever task model each belongs to (continuous batching: a
