@@ -339,3 +339,27 @@ def test_cached_prompt_tokens_are_not_prefilled_again():
     warm = run("sun", [SimRequest(0, 0.0, 0, 4096, 2, cached_tokens=4000)], roof)
     assert warm.traces[0].prefill_end < 0.2 * cold.traces[0].prefill_end
     assert warm.traces[0].prefill_end == pytest.approx(roof.prefill([(96, 4000)]))
+
+
+def test_a_serial_host_runs_one_forward_at_a_time_in_order():
+    """The local engine with mixed steps: one thread runs every forward, each at full speed."""
+    costs = Fixed(prefill_s=1.0, step_s=0.1)
+    requests = [SimRequest(0, 0.0, 0, 10, 1), SimRequest(1, 0.0, 1, 10, 1)]
+    plan = plan_cluster(ClusterConfig(layout="dedicated", models=2))
+    shared = simulate(plan, requests, costs, costs, shared_host_cores=1)
+    serial = simulate(plan, requests, costs, costs, shared_host_cores=1, serial_host=True)
+    assert [t.prefill_end for t in shared.traces] == [pytest.approx(2.0)] * 2  # processor sharing: both at 2 s
+    assert sorted(t.prefill_end for t in serial.traces) == [pytest.approx(1.0), pytest.approx(2.0)]
+    # the two decode forwards queue behind the second prefill: back to back, 2.0-2.1 and 2.1-2.2
+    assert sorted(t.last_token for t in serial.traces) == [pytest.approx(2.1), pytest.approx(2.2)]
+
+
+@pytest.mark.parametrize("mixed", ["yes", 1])
+def test_a_profile_says_whether_its_engine_ran_mixed_steps(mixed, tmp_path):
+    data = profile_dict()
+    assert parse_profile(data).mixed_steps is False  # profiles written before the field: prefill threads
+    data.setdefault("engine", {})["mixed_steps"] = True
+    assert parse_profile(data).mixed_steps is True
+    data["engine"]["mixed_steps"] = mixed
+    with pytest.raises(SuntoolError, match="engine.mixed_steps"):
+        parse_profile(data, tmp_path / "p.json")

@@ -240,6 +240,7 @@ def measure_profile(config: ProfileConfig, say: Say | None = None) -> dict:
                    "torch_threads": engine_config.torch_threads or max(1, (os.cpu_count() or 1)
                                                                       // (config.decode_workers + 1)),
                    "decode_workers": config.decode_workers, "dtype": config.dtype or "float32 (CPU default)",
+                   "mixed_steps": engine_config.mixed_steps,
                    "kv_capacity_tokens": stats.kv_blocks_total * engine_config.block_size},
         "host": {"cores": cores, "thread_speedup": speedup, "pair_speed": pair_speed, "cpu": _cpu_name(),
                  "flags": _cpu_flags(), "machine": platform.machine()},

@@ -8,7 +8,8 @@ reads it with `load_profile(path)`, which validates every field and raises a one
      "decode": {"batch_sizes": [1, 2, 4, ...], "contexts": [32, 128, ...],
                 "step_seconds": [[...one per context...], ...one row per batch size...]},
      "prefill": {"points": [{"batch": 1, "prompt_tokens": 64, "seconds": 0.05}, ...]},
-     "engine": {"max_batch": 64, "max_prefill_tokens": 4096, "torch_threads": 1, "kv_capacity_tokens": 65536},
+     "engine": {"max_batch": 64, "max_prefill_tokens": 4096, "torch_threads": 1, "kv_capacity_tokens": 65536,
+                "mixed_steps": true},
      "host": {"cores": 2, "thread_speedup": 1.6, "pair_speed": 0.55, "cpu": "...", "flags": [...]},
      "source": {...}}
 
@@ -17,6 +18,9 @@ reads it with `load_profile(path)`, which validates every field and raises a one
 each of two forwards running at once on their own engine threads, relative to one alone
 (measured with two copies of the model decoding together). The simulator uses both to share
 the cores between busy engine threads (`suntool.simulate.sim.thread_share`).
+`engine.mixed_steps` (optional, default false: profiles written before it existed) says the
+engine ran prompts on its decode thread, so its forwards ran one at a time: the simulator then
+runs the local host's forwards serially instead of sharing the cores.
 
 `Profile.decode_step(batch, context)` interpolates piecewise-linearly in both batch size
 and context (and extrapolates linearly from the last two points beyond the grid);
@@ -62,6 +66,7 @@ class Profile:
     cores: int = 1
     thread_speedup: float = 1.0
     pair_speed: float | None = None
+    mixed_steps: bool = False  # the engine ran prompts on its decode thread (one forward at a time)
     kv_capacity_tokens: int | None = None
     source: str = ""
 
@@ -129,13 +134,16 @@ def parse_profile(data: dict, path: Path | str = "<profile>") -> Profile:
     pair = host.get("pair_speed")
     if pair is not None and (isinstance(pair, bool) or not isinstance(pair, (int, float)) or not 0 < pair <= 1.5):
         raise _fail(path, f"host.pair_speed must be a number in (0, 1.5], got {pair!r}")
+    mixed = engine.get("mixed_steps", False)
+    if not isinstance(mixed, bool):
+        raise _fail(path, f"engine.mixed_steps must be true or false, got {mixed!r}")
     return Profile(
         batch_sizes=tuple(batches), contexts=tuple(contexts),
         step_seconds=tuple(tuple(float(x) for x in row) for row in rows),
         prefill_tokens=tuple(tokens), prefill_seconds=tuple(sum(by_tokens[t]) / len(by_tokens[t]) for t in tokens),
         max_batch=int(engine.get("max_batch", 64)), max_prefill_tokens=int(engine.get("max_prefill_tokens", 4096)),
         torch_threads=int(engine.get("torch_threads", 1)), cores=int(host.get("cores", 1)),
-        thread_speedup=float(speedup), pair_speed=None if pair is None else float(pair),
+        thread_speedup=float(speedup), pair_speed=None if pair is None else float(pair), mixed_steps=mixed,
         kv_capacity_tokens=int(kv) if kv else None, source=str(path),
     )
 

@@ -109,6 +109,7 @@ class Costs:
             self.base = ProfileCosts(profile)
             self.host_cores: int | None = profile.cores
             self.thread_speedup, self.pair_speed = profile.thread_speedup, profile.pair_speed
+            self.serial_host = profile.mixed_steps
         else:
             from suntool.simulate.costs import Roofline
             from suntool.simulate.hardware import device_spec
@@ -119,6 +120,7 @@ class Costs:
                                  overhead=source.overhead, max_batch=source.max_batch)
             self.base.kv_capacity(1)  # the model must fit one device
             self.host_cores, self.thread_speedup, self.pair_speed = None, 1.0, None
+            self.serial_host = False
         self.label = self.base.label
 
     def for_layout(self, layout: str):
@@ -139,7 +141,7 @@ def run_layout(config: SimConfig, costs: Costs, layout: str, requests: list[SimR
     prefill_costs, decode_costs = costs.for_layout(layout)
     outcome = simulate(plan, requests, prefill_costs, decode_costs, shared_host_cores=costs.host_cores,
                        prefix_cache=config.prefix_cache, thread_speedup=costs.thread_speedup,
-                       pair_speed=costs.pair_speed)
+                       pair_speed=costs.pair_speed, serial_host=costs.serial_host)
     devices = 1 if costs.host_cores is not None else plan.devices  # a profile: every thread on one machine
     return summarize(outcome, devices, config.slo), outcome
 

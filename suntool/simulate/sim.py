@@ -25,7 +25,8 @@
   `shared_host_cores` one host whose cores the running forwards share (processor
   sharing, `thread_share`: alone a forward uses every core, k busy forwards get
   cores // k threads each, calibrated by the profile's measured `pair_speed`), which is how
-  the local engine's threads share a CPU.
+  the local engine's threads share a CPU; with `serial_host` the forwards run one at a time,
+  in order, at full speed (the local engine with mixed steps: one thread runs them all).
 
 The event loop is a heap of timestamped events (a few dozen lines); see docs/simulate.md
 for why it is not simpy.
@@ -131,28 +132,38 @@ class _Loop:
 
 
 class _Host:
-    """Processor sharing: with n forwards running, each progresses at `share(n)` of its solo speed."""
+    """Processor sharing: with n forwards running, each progresses at `share(n)` of its solo speed.
 
-    def __init__(self, loop: _Loop, cores: int, speedup: float = 1.0, pair_speed: float | None = None):
+    `serial`: one forward at a time, in the order they were started, each at full speed — the local
+    engine with mixed steps, where one thread runs every forward (prefill chunks, then the decode step).
+    """
+
+    def __init__(self, loop: _Loop, cores: int, speedup: float = 1.0, pair_speed: float | None = None,
+                 serial: bool = False):
         self.loop, self.cores, self.speedup, self.pair_speed = loop, cores, speedup, pair_speed
-        self.jobs: dict[int, list] = {}  # id -> [remaining solo seconds, callback]
+        self.serial = serial
+        self.jobs: dict[int, list] = {}  # id -> [remaining solo seconds, callback], in start order
         self.last = 0.0
         self.version = 0
         self.ids = itertools.count()
 
     def _rate(self) -> float:
-        return thread_share(len(self.jobs), self.cores, self.speedup, self.pair_speed)
+        return 1.0 if self.serial else thread_share(len(self.jobs), self.cores, self.speedup, self.pair_speed)
+
+    def _running(self) -> list[list]:
+        jobs = list(self.jobs.values())
+        return jobs[:1] if self.serial else jobs
 
     def _advance(self) -> None:
         now, rate = self.loop.now, self._rate()
-        for job in self.jobs.values():
+        for job in self._running():
             job[0] -= (now - self.last) * rate
         self.last = now
 
     def _schedule(self) -> None:
         self.version += 1
         if self.jobs:
-            remaining = min(job[0] for job in self.jobs.values())
+            remaining = min(job[0] for job in self._running())
             self.loop.at(self.loop.now + max(remaining, 0.0) / self._rate(), self._tick, self.version)
 
     def run(self, seconds: float, callback) -> None:
@@ -306,12 +317,13 @@ class _Decode:
 
 class _Sim:
     def __init__(self, plan, requests, prefill_costs, decode_costs, shared_host_cores, prefix_cache, speedup,
-                 pair_speed=None):
+                 pair_speed=None, serial_host=False):
         self.plan, self.prefill_costs, self.decode_costs = plan, prefill_costs, decode_costs
         self.prefix_cache = prefix_cache
         self.loop = _Loop()
         self.batches: list[int] = []
-        shared = _Host(self.loop, shared_host_cores, speedup, pair_speed) if shared_host_cores else None
+        shared = (_Host(self.loop, shared_host_cores, speedup, pair_speed, serial=serial_host)
+                  if shared_host_cores else None)
         decode_count = len(plan.decode)
 
         def host() -> _Host:
@@ -351,10 +363,11 @@ class _Sim:
 
 def simulate(plan: ClusterPlan, requests: list[SimRequest], prefill_costs, decode_costs, *,
              shared_host_cores: int | None = None, prefix_cache: bool = True,
-             thread_speedup: float = 1.0, pair_speed: float | None = None) -> SimOutcome:
+             thread_speedup: float = 1.0, pair_speed: float | None = None,
+             serial_host: bool = False) -> SimOutcome:
     """Run every request to completion; see the module docstring for the rules."""
     sim = _Sim(plan, requests, prefill_costs, decode_costs, shared_host_cores, prefix_cache, thread_speedup,
-               pair_speed)
+               pair_speed, serial_host)
     sim.loop.run()
     unfinished = [t for t in sim.traces if not t.done]
     if unfinished:  # a bug, not a user error: every request must finish
