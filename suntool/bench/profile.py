@@ -158,11 +158,22 @@ def _prefill_time(engine, rng, batch: int, tokens: int, vocab: int) -> float:
 
 def measure_profile(config: ProfileConfig, say: Say | None = None) -> dict:
     """Measure and write the profile; returns its dict (also written to `config.out`)."""
+    import torch
+
+    from suntool.serve.engine import keep_this_thread_serial
+
+    config.validate()
+    previous = keep_this_thread_serial()  # as `suntool serve` does: the engine's threads run as in the server
+    try:
+        return _measure(config, say or (lambda _m: None))
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _measure(config: ProfileConfig, say: Say) -> dict:
     from suntool.atomic import atomic_write_text
     from suntool.serve.engine import Engine, EngineConfig
 
-    say = say or (lambda _m: None)
-    config.validate()
     defaults = EngineConfig()
     budget = max(defaults.max_prefill_tokens, config.batch_sizes[-1] * config.contexts[-1])
     engine_config = EngineConfig(decode_workers=config.decode_workers, torch_threads=config.torch_threads,

@@ -326,30 +326,15 @@ def _uvicorn_kwargs(log_level: str, drain_timeout: float | None) -> dict:
                 timeout_graceful_shutdown=drain_timeout, timeout_keep_alive=5)
 
 
-def keep_this_thread_serial() -> None:
-    """One intra-op thread for the calling (server) thread, before it loads anything: the engine's compute
-    threads own the cores.
-
-    Measured on a 2-core AVX2 machine (docs/performance.md): once a second OS thread has run a parallel
-    torch op, libgomp counts more managed threads than CPUs and stops spin-waiting at its barriers, and
-    every small op of a decode step then pays a futex wake-up — a batch-64 step of SmolLM2-135M went
-    ~240 → ~300 ms. The server's own thread loads the weights (single-threaded: ~2 s more at start-up)
-    and then only parses requests, so it never needs a thread team of its own.
-    """
-    import torch
-
-    torch.set_num_threads(1)
-
-
 def run_server(config: ServeConfig, *, progress: Callable[[str], None] | None = None,
                on_ready: Callable[[str, Engine], None] | None = None) -> None:
     """Load, bind, serve until SIGTERM/SIGINT, drain, close. Returns normally after a signal."""
-    from suntool.serve.engine import Engine
+    from suntool.serve.engine import Engine, keep_this_thread_serial
     from suntool.serve.metrics import ServerMetrics
 
     sock = bind_socket(config.host, config.port)  # fail on a busy port before minutes of loading
     metrics = ServerMetrics()
-    keep_this_thread_serial()
+    keep_this_thread_serial()  # before loading: the engine's compute thread then owns the only OpenMP team
     try:
         engine = Engine.from_artifacts(list(config.artifacts), names=list(config.names) if config.names else None,
                                        config=config.engine, observer=metrics, progress=progress)

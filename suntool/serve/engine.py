@@ -13,7 +13,7 @@ model in that group, one token per forward, until EOS, a stop string, `max_token
 context length. Events reach `sink` from engine threads; `sink` must return quickly. With
 mixed steps (the default on the compact forward) the decode worker runs the prompt too, inside
 or just before its decode forward, so one thread runs every forward (one OpenMP team: see
-`suntool.serve.app.keep_this_thread_serial` for why that matters).
+`keep_this_thread_serial` for why that matters).
 
 Threads, not processes (measured, see docs/serving.md): torch releases the GIL inside
 its ops, so prefill and decode workers run concurrently in one process, and the K/V
@@ -186,6 +186,24 @@ def _has_sliding_layers(model) -> bool:
 def _context_limit(model) -> int | None:
     config = model.config.get_text_config(decoder=True)
     return getattr(config, "max_position_embeddings", None)
+
+
+def keep_this_thread_serial() -> int:
+    """One intra-op thread for the calling (server) thread, before it loads anything: the engine's compute
+    threads own the cores.
+
+    Measured on a 2-core AVX2 machine (docs/performance.md): once a second OS thread has run a parallel
+    torch op, libgomp counts more managed threads than CPUs and stops spin-waiting at its barriers, and
+    every small op of a decode step then pays a futex wake-up — a batch-64 step of SmolLM2-135M went
+    ~240 → ~300 ms. Call it on a thread that will load an engine and then only wait or parse requests
+    (the server, `suntool bench --profile`): loading is single-threaded (~2 s more for a 135M model).
+    Returns the thread's previous intra-op thread count (to restore once its engine is closed).
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    return previous
 
 
 class Engine:
