@@ -398,6 +398,7 @@ class DecodeWorker(threading.Thread):
         self.inbox: list[Sequence] = []
         self.running: list[Sequence] = []
         self.prefilling: list[Sequence] = []  # mixed steps: prompts taken, K/V of tokens[:num_cached] computed
+        self.source_turn = 0  # mixed steps: the prefill queue taken from first in the next step (round robin)
         self.cond = threading.Condition()
         self.stopping = False
 
@@ -569,9 +570,9 @@ class DecodeWorker(threading.Thread):
                 return spans
             plan(seq)
         seats = config.max_batch - len(self.running) - len(self.prefilling)
-        sources = group.prompt_sources
-        self._source_turn = (getattr(self, "_source_turn", -1) + 1) % len(sources)
-        for source in sources[self._source_turn:] + sources[: self._source_turn]:
+        sources, first = group.prompt_sources, self.source_turn % len(group.prompt_sources)
+        self.source_turn += 1
+        for source in sources[first:] + sources[:first]:
             while room > 0 and seats > 0:
                 seq, aborted = source.take()
                 for gone in aborted:
