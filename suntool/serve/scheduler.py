@@ -83,13 +83,6 @@ class DecodeGroup:
     prompt_sources: list = field(default_factory=list)
 
 
-def torch_mask(flags: list[bool]):
-    """A boolean index over the rows of a forward's logits."""
-    import torch
-
-    return torch.tensor(flags, dtype=torch.bool)
-
-
 def forward_tokens(pool, group, seq: Sequence, start: int, end: int):
     """Run tokens[start:end] of one sequence over its cached history with `group`'s half (a prefill or
     decode group); their K/V land in its blocks. Returns the last token's logits [1, V]."""
@@ -597,7 +590,7 @@ class DecodeWorker(threading.Thread):
         whose K/V is complete up to its last token decodes in this worker from the next step on.
         Returns False when there was nothing to run.
         """
-        from suntool.serve.runner import extend_input, mixed_input
+        from suntool.serve.runner import mixed_input
         from suntool.serve.sampling import choose_tokens
 
         engine, pool = self.engine, self.engine.pool
@@ -613,20 +606,18 @@ class DecodeWorker(threading.Thread):
             _, chunks, logits = by_runner.setdefault(id(runner), (runner, [], []))
             chunks.append((seq, start, end))
             logits.append(wants_logits and end == target)
+        # the other prefill halves' forwards first, then the decode forward with its rows
+        forwards = [(runner, [], chunks, logits) for runner, chunks, logits in by_runner.values()
+                    if runner is not group.runner]
+        _, chunks, logits = by_runner.get(id(group.runner), (None, [], []))
+        if ready or chunks:
+            forwards.append((group.runner, ready, chunks, logits))
         sampled: list[tuple[Sequence, int]] = []  # (sequence, token) of every row with logits
         try:
             with engine.computing():
-                for runner, chunks, logits in by_runner.values():
-                    if runner is group.runner:
-                        continue
-                    out = runner.forward(pool, extend_input(pool, chunks, logits=any(logits)))
-                    if any(logits):
-                        seqs = [seq for (seq, _, _), want in zip(chunks, logits, strict=True) if want]
-                        sampled += zip(seqs, choose_tokens(out[torch_mask(logits)], seqs), strict=True)
-                _, chunks, logits = by_runner.get(id(group.runner), (None, [], []))
-                if ready or chunks:
-                    out = group.runner.forward(pool, mixed_input(pool, ready, chunks, logits))
-                    seqs = ready + [seq for (seq, _, _), want in zip(chunks, logits, strict=True) if want]
+                for runner, rows, chunks, logits in forwards:
+                    out = runner.forward(pool, mixed_input(pool, rows, chunks, logits))
+                    seqs = rows + [seq for (seq, _, _), want in zip(chunks, logits, strict=True) if want]
                     if seqs:
                         sampled += zip(seqs, choose_tokens(out, seqs), strict=True)
         except Exception as err:  # a bug: fail these sequences, keep serving
