@@ -32,8 +32,8 @@ def serve_command(
     no_prefix_cache: bool = typer.Option(False, "--no-prefix-cache", help="Do not reuse prompt K/V blocks."),
     no_mixed_steps: bool = typer.Option(
         False, "--no-mixed-steps",
-        help="Run prompts on a prefill thread even where the prefill half is the decode half (default: inside "
-             "the decode forwards, as vLLM's chunked prefill does).",
+        help="Run prompts on a prefill thread per prefill half (default: on the decode worker's thread, inside "
+             "the decode forward where the prefill half is the decode half, as vLLM's chunked prefill does).",
     ),
     dtype: str = typer.Option(
         None, "--dtype", help="float32|bfloat16|float16 (CPU default: bf16 if it has bf16 matmul, else fp32)."
