@@ -25,8 +25,14 @@ def new_sequence(ids, pool, first_block):
     return seq
 
 
+@pytest.mark.parametrize("kernel_span_rows", [0, 8, 64], ids=["spans-sdpa", "spans-split", "spans-kernel"])
 @pytest.mark.parametrize("arch", COVERED)
-def test_logits_equal_the_transformers_forward(arch):
+def test_logits_equal_the_transformers_forward(arch, kernel_span_rows, monkeypatch):
+    """Prompt spans attend through SDPA, through the paged kernel (rows of short spans), or some of each."""
+    from suntool.kernels.paged_attention_cpu import cpu_kernel_available
+    from suntool.serve import runner as runner_module
+
+    monkeypatch.setattr(runner_module, "KERNEL_SPAN_ROWS", kernel_span_rows)
     model = build_model(arch)
     runner = CompactLM.build(model)
     assert runner is not None
@@ -38,7 +44,10 @@ def test_logits_equal_the_transformers_forward(arch):
         reference = [model(torch.tensor([ids]), use_cache=False).logits[0] for ids in prompts]
         # prompts packed, the first one in three chunks (later chunks read the earlier ones from the pool)
         first = runner.forward(pool, extend_input(pool, [(seqs[0], 0, 7)], logits=True))
-        second = runner.forward(pool, extend_input(pool, [(seqs[0], 7, 15), (seqs[1], 0, 12)], logits=True))
+        packed = extend_input(pool, [(seqs[0], 7, 15), (seqs[1], 0, 12)], logits=True)
+        left_to_sdpa = len(runner._paged_rows(pool, packed).spans)
+        assert left_to_sdpa == ({0: 2, 8: 1, 64: 0}[kernel_span_rows] if cpu_kernel_available() else 2)
+        second = runner.forward(pool, packed)
         third = runner.forward(pool, extend_input(pool, [(seqs[0], 15, 20), (seqs[2], 0, 1)], logits=True))
         for seq, cached in zip(seqs, (20, 12, 1), strict=True):
             seq.num_cached = cached

@@ -48,6 +48,7 @@ SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "phi3")
 _CPU_KERNEL_DTYPES = ("torch.float32", "torch.bfloat16")  # pool dtypes the C decode kernel reads
 CHECK_TOLERANCE = 1e-3  # max |logit difference| / max |logit| of the self-check (fp32: ~1e-6 seen)
 PACK_BATCH_HINT = 16  # rows oneDNN's weight reorder is tuned for (any row count runs on it)
+KERNEL_SPAN_ROWS = 16  # prompt spans this short attend through the paged kernel (benchmarks/span_attention.py)
 
 
 @dataclass
@@ -58,6 +59,17 @@ class PrefillSpan:
     start: int
     end: int
     history: torch.Tensor | None  # pool slots of positions 0 .. start-1 (None when start == 0)
+    table: torch.Tensor | None = None  # the sequence's block table (int64), for the paged kernel
+
+
+@dataclass
+class _PagedRows:
+    """The rows of one forward whose attention the paged kernel computes, and the tables it reads."""
+
+    rows: torch.Tensor | None  # row indices into the step (None: the first len(seq_lens) rows)
+    block_tables: torch.Tensor  # [R, max_blocks]
+    seq_lens: torch.Tensor  # [R]: keys each row sees (its position + 1)
+    spans: list[PrefillSpan]  # the spans left to scaled_dot_product_attention
 
 
 @dataclass
@@ -107,7 +119,8 @@ def extend_input(pool: KVPool, spans: list[tuple[Sequence, int, int]], *, logits
         positions.append(torch.arange(start, end))
         slots.append(pool.slots([seq.block_table], [start], end - start)[0].cpu())
         history = pool.slots([seq.block_table], [0], start)[0] if start else None
-        packed.append(PrefillSpan(offset=offset, start=start, end=end, history=history))
+        table = torch.tensor(seq.block_table, dtype=torch.int64)
+        packed.append(PrefillSpan(offset=offset, start=start, end=end, history=history, table=table))
         offset += end - start
         last.append(offset - 1)
     device = pool.device
@@ -141,7 +154,8 @@ def mixed_input(pool: KVPool, decode: list[Sequence], spans: list[tuple[Sequence
         positions=torch.cat([rows.positions, extend.positions]),
         write_slots=torch.cat([rows.write_slots, extend.write_slots]), decode_rows=count,
         block_tables=rows.block_tables, seq_lens=rows.seq_lens,
-        spans=[PrefillSpan(offset=s.offset + count, start=s.start, end=s.end, history=s.history) for s in extend.spans],
+        spans=[PrefillSpan(offset=s.offset + count, start=s.start, end=s.end, history=s.history, table=s.table)
+               for s in extend.spans],
         logit_rows=torch.cat([rows.logit_rows, wanted + count]),
     )
 
@@ -348,6 +362,7 @@ class CompactLM:
         cos, sin = cos[0][:, None, :], sin[0][:, None, :]
         heads, kv_heads, dim = self.num_heads, self.kv_heads, self.head_dim
         q_size, kv_size = heads * dim, kv_heads * dim
+        paged = self._paged_rows(pool, step)
         for index, layer in enumerate(self.layers):
             x = _rms_norm(h, layer.input_norm, self.eps)
             qkv = layer.qkv(x)
@@ -359,7 +374,7 @@ class CompactLM:
                 k = _rms_norm(k, layer.k_norm, self.eps)
             q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
             pool.write(index, step.write_slots, k, v)
-            attn = self._attention(pool, index, layer.window, step, q, k, v)
+            attn = self._attention(pool, index, layer.window, paged, q, k, v)
             h = h + layer.o_proj(attn.reshape(-1, q_size))
             x = _rms_norm(h, layer.post_norm, self.eps)
             gate, up = layer.gate_up(x).chunk(2, dim=-1)
@@ -368,25 +383,59 @@ class CompactLM:
             return None
         return self.lm_head(_rms_norm(h.index_select(0, step.logit_rows), self.norm, self.eps))
 
-    def _attention(self, pool: KVPool, index: int, window: int | None, step: StepInput, q, k, v):
+    def _paged_rows(self, pool: KVPool, step: StepInput) -> _PagedRows:
+        """Which rows the paged kernel attends (once per forward): every decode row and, where the CPU kernel
+        runs, the rows of spans of at most `KERNEL_SPAN_ROWS` tokens — their K/V are in the pool before
+        attention, so row i of a span is a decode row at position start + i. One kernel call then replaces a
+        gather, a mask and an SDPA per span per layer (a burst of prefix-cache hits is dozens of short spans)."""
+        import torch
+
+        from suntool.kernels.paged_attention_cpu import cpu_kernel_available
+
+        decode = _PagedRows(None, step.block_tables, step.seq_lens, step.spans)
+        keys = pool.keys[0]
+        if keys.device.type != "cpu" or str(keys.dtype) not in _CPU_KERNEL_DTYPES or not cpu_kernel_available():
+            return decode
+        short = [s for s in step.spans if s.table is not None and s.end - s.start <= KERNEL_SPAN_ROWS]
+        if not short:
+            return decode
+        rows = [torch.arange(step.decode_rows)] + [torch.arange(s.offset, s.offset + s.end - s.start) for s in short]
+        lens = ([step.seq_lens.cpu()] if step.decode_rows else []) + [torch.arange(s.start + 1, s.end + 1)
+                                                                       for s in short]
+        width = max([len(s.table) for s in short] + ([step.block_tables.shape[1]] if step.decode_rows else []))
+        tables = torch.zeros(sum(len(r) for r in rows), width, dtype=torch.int64)
+        if step.decode_rows:
+            tables[: step.decode_rows, : step.block_tables.shape[1]] = step.block_tables.cpu()
+        at = step.decode_rows
+        for span in short:
+            count = span.end - span.start
+            tables[at : at + count, : len(span.table)] = span.table
+            at += count
+        kept = [s for s in step.spans if not (s.table is not None and s.end - s.start <= KERNEL_SPAN_ROWS)]
+        return _PagedRows(torch.cat(rows), tables, torch.cat(lens), kept)
+
+    def _attention(self, pool: KVPool, index: int, window: int | None, paged: _PagedRows, q, k, v):
         import torch
 
         out = torch.empty_like(q)
-        rows = step.decode_rows
-        if rows:
-            out[:rows] = self._decode_attention(pool, index, window, step, q[:rows])
-        for span in step.spans:
+        if paged.seq_lens is not None and len(paged.seq_lens):
+            if paged.rows is None:
+                count = len(paged.seq_lens)
+                out[:count] = self._paged_attention(pool, index, window, paged, q[:count])
+            else:
+                out[paged.rows] = self._paged_attention(pool, index, window, paged, q.index_select(0, paged.rows))
+        for span in paged.spans:
             rows_of = slice(span.offset, span.offset + span.end - span.start)
             out[rows_of] = self._span_attention(pool, index, window, span, q[rows_of], k[rows_of], v[rows_of])
         return out
 
-    def _decode_attention(self, pool: KVPool, index: int, window: int | None, step: StepInput, q):
+    def _paged_attention(self, pool: KVPool, index: int, window: int | None, paged: _PagedRows, q):
         from suntool.kernels.paged_attention import paged_attention
         from suntool.kernels.paged_attention_cpu import cpu_kernel_available, paged_attention_cpu
 
         shape = (pool.num_blocks, pool.block_size, self.kv_heads, self.head_dim)
         keys, values = pool.keys[index].view(shape), pool.values[index].view(shape)
-        args = (q, keys, values, step.block_tables, step.seq_lens, self.scale)
+        args = (q, keys, values, paged.block_tables, paged.seq_lens, self.scale)
         if q.device.type == "cpu" and str(keys.dtype) in _CPU_KERNEL_DTYPES and cpu_kernel_available():
             return paged_attention_cpu(*args, sliding_window=window)
         return paged_attention(*args, sliding_window=window, validate=False)
