@@ -75,6 +75,18 @@ static inline void prefetch_rows(const void* first, int rows, int64_t stride_byt
 }
 static inline float vsum(v8f a) { return ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7])); }
 
+/* Inside a task's walk over positions first..len-1 (`pos`): the rows of this task's KV heads in the block
+   holding `pos`, from `pos` to the block's end or `len` (ROW, COUNT of them, `stride` apart); the next
+   block's rows are prefetched while this one is read. Used by both passes (keys, then values). */
+#define BLOCK_ROWS(CACHE_T, CACHE, ROW, COUNT)                                                                         \
+    const int64_t offset = pos % block_size;                                                                           \
+    int64_t COUNT = block_size - offset;                                                                               \
+    if (COUNT > len - pos) COUNT = len - pos;                                                                          \
+    const CACHE_T* ROW = CACHE + (table[pos / block_size] * block_size + offset) * stride + (int64_t)kh0 * dim;        \
+    if (pos + COUNT < len)                                                                                             \
+        prefetch_rows(CACHE + table[(pos + COUNT) / block_size] * block_size * stride + (int64_t)kh0 * dim,            \
+                      block_size, stride * (int64_t)sizeof(CACHE_T), row_bytes)
+
 #define DEFINE_KERNEL(NAME, CACHE_T, LOAD, VLOAD)                                                                      \
 void NAME(                                                                                                             \
     const float* q, const CACHE_T* kc, const CACHE_T* vc, const int64_t* tables, const int64_t* lens,                  \
@@ -104,13 +116,7 @@ void NAME(                                                                      
         for (int h = 0; h < hq; h++) { maxs[h] = -INFINITY; sums[h] = 0.0f; }                                          \
         /* pass 1, scores: block by block (a block's rows are contiguous; the next block is fetched ahead) */          \
         for (int64_t pos = first; pos < len;) {                                                                        \
-            const int64_t offset = pos % block_size;                                                                   \
-            int64_t count = block_size - offset;                                                                       \
-            if (count > len - pos) count = len - pos;                                                                  \
-            const CACHE_T* k = kc + (table[pos / block_size] * block_size + offset) * stride + (int64_t)kh0 * dim;     \
-            if (pos + count < len)                                                                                     \
-                prefetch_rows(kc + table[(pos + count) / block_size] * block_size * stride + (int64_t)kh0 * dim,       \
-                              block_size, stride * (int64_t)sizeof(CACHE_T), row_bytes);                               \
+            BLOCK_ROWS(CACHE_T, kc, k, count);                                                                         \
             for (int64_t i = 0; i < count; i++, k += stride) {                                                         \
                 const int64_t t = pos - first + i;                                                                     \
                 for (int h = 0; h < hq; h++) {                                                                         \
@@ -144,13 +150,7 @@ void NAME(                                                                      
         }                                                                                                              \
         /* pass 2, the weighted sum of values, in the same order */                                                    \
         for (int64_t pos = first; pos < len;) {                                                                        \
-            const int64_t offset = pos % block_size;                                                                   \
-            int64_t count = block_size - offset;                                                                       \
-            if (count > len - pos) count = len - pos;                                                                  \
-            const CACHE_T* v = vc + (table[pos / block_size] * block_size + offset) * stride + (int64_t)kh0 * dim;     \
-            if (pos + count < len)                                                                                     \
-                prefetch_rows(vc + table[(pos + count) / block_size] * block_size * stride + (int64_t)kh0 * dim,       \
-                              block_size, stride * (int64_t)sizeof(CACHE_T), row_bytes);                               \
+            BLOCK_ROWS(CACHE_T, vc, v, count);                                                                         \
             for (int64_t i = 0; i < count; i++, v += stride) {                                                         \
                 const int64_t t = pos - first + i;                                                                     \
                 for (int h = 0; h < hq; h++) {                                                                         \

@@ -248,8 +248,10 @@ def _measure(config: ProfileConfig, say: Say) -> dict:
         "prefill": {"points": points},
         # what `suntool serve` runs with (the profiling engine only widens the prefill budget to batch the grid)
         "engine": {"max_batch": defaults.max_batch, "max_prefill_tokens": defaults.max_prefill_tokens,
-                   "torch_threads": engine_config.torch_threads or max(1, (os.cpu_count() or 1)
-                                                                      // (config.decode_workers + 1)),
+                   # intra-op threads of each busy engine thread: the cores split between the decode workers
+                   # (and the prefill thread, where prompts do not run on the decode threads)
+                   "torch_threads": engine_config.torch_threads or max(1, cores // (
+                       config.decode_workers + (0 if engine_config.mixed_steps else 1))),
                    "decode_workers": config.decode_workers, "dtype": config.dtype or "float32 (CPU default)",
                    "mixed_steps": engine_config.mixed_steps,
                    "kv_capacity_tokens": stats.kv_blocks_total * engine_config.block_size},
