@@ -6,7 +6,10 @@
 1. measures a profile of the local engine (`suntool bench --local ART --profile`, the first
    artifact: all four share the decode half and the architecture);
 2. runs `suntool bench --local ART... --compare --decode-workers 1 --workload zipf:1.0
-   --rate 1 --rate 2 --rate inf -n 32 --output-len 32` (shared vs --no-share);
+   --rate 1 --rate 2 --rate inf -n 32 --output-len 32` (shared vs --no-share) `--bench-runs`
+   times (default 3): on two shared cores one run's TPOT moves by ±15 % from the next
+   (measured: 60, 68 and 80 ms for the same shared layout at 1 req/s on three quiet runs),
+   so the measured value is the median of the runs, and their spread is printed beside it;
 3. replays the bench's own planned requests (same seed: arrival times, models, prompts
    tokenized with the artifact's tokenizer, 32 output tokens, and the prompt blocks the
    server's prefix cache already holds from earlier requests and rates) through the simulator
@@ -15,7 +18,7 @@
 4. prints predicted vs measured output tokens/s and TPOT p50 (and TTFT p50) with the
    error, and writes `validate.json`.
 
-`--profile FILE` / `--bench FILE` reuse earlier measurements instead of re-measuring.
+`--profile FILE` / `--bench FILE` (repeatable) reuse earlier measurements instead of re-measuring.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -36,6 +40,17 @@ def suntool(*args: str) -> None:
     command = [sys.executable, "-m", "suntool", *args]
     print("$ suntool " + " ".join(args), flush=True)
     subprocess.run(command, check=True)
+
+
+def find_run(measured: list[dict], label: str, rate: float) -> dict:
+    """The bench.json run of layout `label` at `rate` (inf written as "inf", "Infinity", null or a float)."""
+    for run in measured:
+        value = run["rate"]
+        same = value == rate or (math.isinf(rate) and (value in ("inf", "Infinity", None) or (
+            isinstance(value, float) and math.isinf(value))))
+        if run["config"] == label and same:
+            return run
+    raise SystemExit(f"no {label} run at rate {rate} in the bench results")
 
 
 def load_average() -> str:
@@ -96,7 +111,10 @@ def main() -> None:
     parser.add_argument("artifacts", nargs="+")
     parser.add_argument("--out", default="runs/sim/validate")
     parser.add_argument("--profile", help="reuse this profile instead of measuring one")
-    parser.add_argument("--bench", help="reuse this bench.json instead of running the benchmark")
+    parser.add_argument("--bench", action="append", help="reuse this bench.json instead of running the benchmark "
+                        "(repeatable: one per run)")
+    parser.add_argument("--bench-runs", type=int, default=3,
+                        help="benchmark runs; measured = their median, with the spread printed")
     parser.add_argument("-n", type=int, default=32)
     parser.add_argument("--output-len", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
@@ -111,29 +129,35 @@ def main() -> None:
         suntool("bench", "--local", args.artifacts[0], "--profile", profile, "--profile-batches", args.profile_batches,
                 "--profile-contexts", args.profile_contexts)
         loads["after_profile"] = load_average()
-    bench = args.bench or str(out / "bench" / "bench.json")
-    if not args.bench:
+    benches = args.bench or []
+    if not benches:
         rates = [a for r in RATES for a in ("--rate", r)]
-        suntool("bench", "--local", *args.artifacts, "--compare", "--decode-workers", "1", "--workload", "zipf:1.0",
-                *rates, "-n", str(args.n), "--output-len", str(args.output_len), "--seed", str(args.seed),
-                "-o", str(out / "bench"))
-        loads["after_bench"] = load_average()
-    measured = json.loads(Path(bench).read_text())["runs"]
+        for run_index in range(1, args.bench_runs + 1):  # runs minutes apart: the spread is the machine's own noise
+            bench_dir = out / f"bench-{run_index}"
+            suntool("bench", "--local", *args.artifacts, "--compare", "--decode-workers", "1", "--workload",
+                    "zipf:1.0", *rates, "-n", str(args.n), "--output-len", str(args.output_len), "--seed",
+                    str(args.seed), "-o", str(bench_dir))
+            benches.append(str(bench_dir / "bench.json"))
+            loads[f"after_bench_{run_index}"] = load_average()
+    measured_runs = [json.loads(Path(b).read_text())["runs"] for b in benches]
     rows, cache = [], {}
     for rate_text in RATES:
         rate = math.inf if rate_text == "inf" else float(rate_text)
         predicted = simulate(profile, args.artifacts, rate, args.n, args.output_len, args.seed, cache)
         for label in ("shared", "dedicated"):
-            run = next(r for r in measured if r["config"] == label and
-                       (r["rate"] == rate or (math.isinf(rate) and r["rate"] in ("inf", "Infinity", None)
-                                              or (isinstance(r["rate"], float) and math.isinf(r["rate"])))))
+            runs = [find_run(measured, label, rate) for measured in measured_runs]
             sim = predicted[label]
-            row = {"rate": rate_text, "layout": label,
-                   "tok_s": (run["output_token_throughput"], sim.output_token_throughput),
-                   "tpot_p50": (run["tpot"]["p50"], sim.tpot["p50"]),
-                   "ttft_p50": (run["ttft"]["p50"], sim.ttft["p50"])}
+            row = {"rate": rate_text, "layout": label}
+            for key, value, predicted_value in (
+                    ("tok_s", lambda r: r["output_token_throughput"], sim.output_token_throughput),
+                    ("tpot_p50", lambda r: r["tpot"]["p50"], sim.tpot["p50"]),
+                    ("ttft_p50", lambda r: r["ttft"]["p50"], sim.ttft["p50"])):
+                values = [value(r) for r in runs]
+                row[key] = (statistics.median(values), predicted_value)
+                row[f"{key}_runs"] = values
             rows.append(row)
-    print(f"\nprofile {profile} · bench {bench} · load averages {loads}")
+    print(f"\nprofile {profile} · bench {', '.join(benches)} · load averages {loads}")
+    print("measured: the median of the runs, [lowest–highest] below each row")
     header = (f"{'rate':>5} {'layout':>10} | {'tok/s meas':>10} {'pred':>7} {'err':>7} | {'TPOT p50 meas':>13} "
               f"{'pred':>7} {'err':>7} | {'TTFT p50 meas':>13} {'pred':>7} {'err':>7}")
     print(header)
@@ -147,6 +171,10 @@ def main() -> None:
             width = 10 if key == "tok_s" else 13
             cells.append(f"{measured_value * scale:>{width}.1f} {predicted_value * scale:>7.1f} {error:>+6.1f}%")
         print(f"{row['rate']:>5} {row['layout']:>10} | " + " | ".join(cells))
+        if len(benches) > 1:
+            spread = [f"[{min(row[k + '_runs']) * s:.1f}–{max(row[k + '_runs']) * s:.1f}]".rjust(w) + " " * 16
+                      for k, s, w in (("tok_s", 1, 10), ("tpot_p50", 1e3, 13), ("ttft_p50", 1e3, 13))]
+            print(f"{'':>5} {'':>10} | " + " | ".join(spread))
     print("\nshared / dedicated (other load scales both layouts alike, so the ratio is the steadier check):")
     ratios = []
     for rate_text in RATES:
@@ -159,7 +187,7 @@ def main() -> None:
               f"TPOT p50 x{ratio['tpot_p50'][0]:.2f} measured, x{ratio['tpot_p50'][1]:.2f} predicted")
     within = [abs(r["tok_s_error_pct"]) <= 15 and abs(r["tpot_p50_error_pct"]) <= 15 for r in rows]
     print(f"\nwithin 15 % on tok/s and TPOT p50: {sum(within)}/{len(within)} rows (TPOT/TTFT in ms)")
-    result = {"profile": profile, "bench": bench, "load_averages": loads, "rows": rows, "ratios": ratios,
+    result = {"profile": profile, "bench": benches, "load_averages": loads, "rows": rows, "ratios": ratios,
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     (out / "validate.json").write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out / 'validate.json'}")

@@ -13,8 +13,8 @@ through its public API only (`Engine.from_artifacts`, `EngineConfig`, `submit`,
   from the submit to the last first token, less one decode step (the gap to the second
   token in the same run), is the prefill time of P (or B·P packed) tokens.
 
-A decode point is the median of its step gaps (one run); a prefill point the median of
-`repeats` runs. Then a second engine with `torch_threads=1` times a few decode steps again: the ratio is
+A decode point is the median of its step gaps pooled over `repeats` runs; a prefill point the
+median of `repeats` runs. Then a second engine with `torch_threads=1` times a few decode steps again: the ratio is
 `host.thread_speedup` (a forward alone uses every core; busy threads split them). Last, an
 engine with two copies of the model (`share=False`, two decode workers) decodes the same
 batches on one copy, then on both at once: the ratio of the two steps is `host.pair_speed`, what two busy
@@ -55,7 +55,7 @@ class ProfileConfig:
     prefill_tokens: tuple[int, ...] = (16, 64, 256, 512)
     prefill_batches: tuple[tuple[int, int], ...] = ((4, 64), (16, 64), (8, 256))  # (batch, prompt tokens)
     decode_steps: int = 10
-    repeats: int = 2
+    repeats: int = 3
     decode_workers: int = 1
     torch_threads: int | None = None
     dtype: str | None = None
@@ -129,8 +129,17 @@ def _blocked_run(engine, rng, prompts: list[list[int]], max_tokens: int, vocab: 
 
 
 def _decode_step(engine, rng, batch: int, context: int, steps: int, vocab: int,
-                 models: tuple[str, ...] = (NAME,)) -> float:
-    """The median step of `batch` sequences decoding together on each model of `models` (all at once)."""
+                 models: tuple[str, ...] = (NAME,), repeats: int = 1) -> float:
+    """The median step of `batch` sequences decoding together on each model of `models` (all at once), over the
+    step gaps of `repeats` runs pooled (one run's ~10 gaps move by ±15 % with what else the machine does)."""
+    gaps = []
+    for _ in range(repeats):
+        gaps += _decode_gaps(engine, rng, batch, context, steps, vocab, models)
+    return statistics.median(gaps)  # the median step: robust to a stall caused by other jobs on the machine
+
+
+def _decode_gaps(engine, rng, batch: int, context: int, steps: int, vocab: int,
+                 models: tuple[str, ...]) -> list[float]:
     _, recorders = _blocked_run(engine, rng, _prompts(rng, batch, context, vocab), steps, vocab, models)
     firsts = [r.times[0][0] for r in recorders]
     lasts = [r.times[-1][0] for r in recorders]
@@ -143,7 +152,7 @@ def _decode_step(engine, rng, batch: int, context: int, steps: int, vocab: int,
         gaps += [(t1 - t0) / n1 for (t0, _), (t1, n1) in zip(window, window[1:], strict=False)]
     if not gaps:
         raise SuntoolError(f"batch {batch} never decoded together; raise the decode steps or lower --max-batch")
-    return statistics.median(gaps)  # the median step: robust to a stall caused by other jobs on the machine
+    return gaps
 
 
 def _prefill_time(engine, rng, batch: int, tokens: int, vocab: int) -> float:
@@ -191,7 +200,8 @@ def _measure(config: ProfileConfig, say: Say) -> dict:
         for batch in config.batch_sizes:
             row = []
             for context in config.contexts:
-                row.append(_decode_step(engine, rng, batch, context, config.decode_steps, vocab))
+                row.append(_decode_step(engine, rng, batch, context, config.decode_steps, vocab,
+                                        repeats=config.repeats))
                 say(f"decode batch {batch:>3} context {context:>5}: {row[-1] * 1e3:.1f} ms/step")
             grid.append(row)
 
