@@ -172,8 +172,10 @@ def main() -> None:
             cells.append(f"{measured_value * scale:>{width}.1f} {predicted_value * scale:>7.1f} {error:>+6.1f}%")
         print(f"{row['rate']:>5} {row['layout']:>10} | " + " | ".join(cells))
         if len(benches) > 1:
-            spread = [f"[{min(row[k + '_runs']) * s:.1f}–{max(row[k + '_runs']) * s:.1f}]".rjust(w) + " " * 16
-                      for k, s, w in (("tok_s", 1, 10), ("tpot_p50", 1e3, 13), ("ttft_p50", 1e3, 13))]
+            spread = []
+            for key, scale, width in (("tok_s", 1, 10), ("tpot_p50", 1e3, 13), ("ttft_p50", 1e3, 13)):
+                values = row[key + "_runs"]
+                spread.append(f"[{min(values) * scale:.1f}–{max(values) * scale:.1f}]".rjust(width).ljust(width + 16))
             print(f"{'':>5} {'':>10} | " + " | ".join(spread))
     print("\nshared / dedicated (other load scales both layouts alike, so the ratio is the steadier check):")
     ratios = []
