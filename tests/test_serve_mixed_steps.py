@@ -191,3 +191,27 @@ def test_the_switch_and_the_transformers_path_keep_prefill_threads(tiny_checkpoi
         assert_matches_reference(collector, plain, PROMPTS, 8)
     # one runner (the same weights), but never decode rows and prompt chunks in one forward
     assert all(rows == 0 or chunks == 0 for rows, chunks in steps) and any(chunks for _, chunks in steps)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_prefillshare_prompts_reach_their_own_models_decode_worker(workers, tiny_checkpoints, tmp_path):
+    """One PrefillShare prefill queue feeds the decode workers of every task model: with a worker per model,
+    each takes only the prompts its own model decodes (taking another model's prompt stranded it)."""
+    names = ["x", "y", "z"]
+    paths = make_task_artifacts(tiny_checkpoints["llama"], tmp_path, names, mode="prefillshare")
+    artifacts = dict(zip(names, paths, strict=True))
+    engine = Engine.from_artifacts(paths, config=EngineConfig(decode_workers=workers, block_size=4))
+    try:
+        assert len(engine.prefill_groups) == 1 and len(engine.decode_groups) == 3
+        assert all(group.worker.mixed for group in engine.prefill_groups.values())
+        collector = Collector(len(PROMPTS) * len(names))
+        for prompt in PROMPTS:  # queued in model order, so every worker finds other models' prompts at the head
+            for name in names:
+                ids = engine.models[name].encode(prompt, add_special_tokens=True)
+                engine.submit(name, ids, SamplingParams(max_tokens=10), collector.sink((name, prompt)))
+        collector.wait(timeout=120)
+        stats = engine.stats()
+    finally:
+        engine.close()
+    assert_matches_reference(collector, artifacts, PROMPTS, 10)
+    assert stats.kv_blocks_used == 0

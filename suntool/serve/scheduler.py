@@ -128,26 +128,34 @@ class PrefillWorker(threading.Thread):
         for taker in self.takers:
             taker.wake()
 
-    def take(self) -> tuple[Sequence | None, list[Sequence]]:
-        """Mixed steps: pop the head for a decode worker if blocks for all its tokens can be reserved now.
+    def take(self, decode: Any) -> tuple[Sequence | None, list[Sequence]]:
+        """Mixed steps: pop the oldest prompt that decodes in group `decode` if blocks for all its tokens can be
+        reserved now. Prompts of other decode groups stay queued for their own workers (a PrefillShare group's
+        one queue feeds every task model's decode worker).
 
         Returns (the sequence or None, aborted sequences popped on the way: the caller finishes them).
         """
         aborted = []
         with self.cond:
-            while self.queue:
-                head = self.queue[0]
-                if head.aborted:
-                    aborted.append(self.queue.popleft())
-                    continue
-                if not self._reserve(head, wait=False, tokens=head.length):
-                    # hold nothing while waiting: prefix hits kept by the heads of several queues can
-                    # together starve every one of them (its blocks stay in the prefix cache for next time)
-                    hits, head.block_table, head.prefix_hit_tokens = head.block_table, [], 0
-                    self.engine.allocator.free(hits)
-                    break
-                return self.queue.popleft(), aborted
-        return None, aborted
+            for seq in [s for s in self.queue if s.aborted]:
+                self.queue.remove(seq)
+                aborted.append(seq)
+            head = next((s for s in self.queue if s.model.decode is decode), None)
+            if head is None:
+                return None, aborted
+            if not self._reserve(head, wait=False, tokens=head.length):
+                # hold nothing while waiting: prefix hits kept by the heads of several queues can
+                # together starve every one of them (its blocks stay in the prefix cache for next time)
+                hits, head.block_table, head.prefix_hit_tokens = head.block_table, [], 0
+                self.engine.allocator.free(hits)
+                return None, aborted
+            self.queue.remove(head)
+            return head, aborted
+
+    def has_prompts_for(self, decode: Any) -> bool:
+        """Whether a queued prompt decodes in group `decode` (mixed steps)."""
+        with self.cond:
+            return any(s.model.decode is decode for s in self.queue)
 
     def remove(self, seq: Sequence) -> bool:
         """Take `seq` out of the queue if it is still there (the caller then owns it)."""
@@ -415,7 +423,7 @@ class DecodeWorker(threading.Thread):
             self.cond.notify_all()
 
     def _prompts_waiting(self) -> bool:
-        return any(source.queue for group in self.groups for source in group.prompt_sources)
+        return any(source.has_prompts_for(group) for group in self.groups for source in group.prompt_sources)
 
     def run(self) -> None:
         import torch
@@ -567,7 +575,7 @@ class DecodeWorker(threading.Thread):
         self.source_turn += 1
         for source in sources[first:] + sources[:first]:
             while room > 0 and seats > 0:
-                seq, aborted = source.take()
+                seq, aborted = source.take(group)
                 for gone in aborted:
                     engine.finish(gone, "abort")
                 if seq is None:
