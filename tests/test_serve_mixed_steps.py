@@ -215,3 +215,22 @@ def test_prefillshare_prompts_reach_their_own_models_decode_worker(workers, tiny
         engine.close()
     assert_matches_reference(collector, artifacts, PROMPTS, 10)
     assert stats.kv_blocks_used == 0
+
+
+def test_one_context_to_several_models_at_once_is_prefilled_once(tiny_checkpoints, tmp_path):
+    """agents:K:parallel: the same long prompt to three PrefillShare models at once, a decode worker each. The
+    workers wait for the first one's prompt blocks instead of computing them three times: the other two take
+    them from the prefix cache, and every answer still equals `generate`."""
+    names = ["x", "y", "z"]
+    paths = make_task_artifacts(tiny_checkpoints["llama"], tmp_path, names, mode="prefillshare")
+    artifacts = dict(zip(names, paths, strict=True))
+    prompt = " ".join(PROMPTS)
+    engine = Engine.from_artifacts(paths, config=EngineConfig(decode_workers=3, block_size=4, max_prefill_tokens=16))
+    try:
+        collector = run_all(engine, [(name, prompt) for name in names], SamplingParams(max_tokens=8))
+        stats = engine.stats()
+    finally:
+        engine.close()
+    cacheable = (len(engine.models["x"].encode(prompt, add_special_tokens=True)) - 1) // 4 * 4
+    assert stats.prefix_hit_tokens == 2 * cacheable > 0
+    assert_matches_reference(collector, artifacts, [prompt], 8)

@@ -137,6 +137,11 @@ class BlockAllocator:
                 blocks.append(block)
             return blocks
 
+    def is_cached(self, digest: bytes) -> bool:
+        """Whether a block with content `digest` is in the prefix cache."""
+        with self._lock:
+            return digest in self._by_hash
+
     def register(self, block: int, digest: bytes) -> None:
         """Record that `block` (referenced, full, never written again) holds the content hashed `digest`."""
         with self._lock:

@@ -104,6 +104,12 @@ def forward_tokens(pool, group, seq: Sequence, start: int, end: int):
     mask = torch.ones((1, end), dtype=torch.long, device=device)
     return forward_with_cache(model, ids, mask, pool.step_cache(history, new_slots))[:, -1]
 
+def _prefilling(seq: Sequence) -> bool:
+    """Whether a decode worker is still computing `seq`'s prompt (mixed steps)."""
+    worker = getattr(seq, "worker", None)
+    return not seq.finished and worker is not None and seq in getattr(worker, "prefilling", ())
+
+
 class PrefillWorker(threading.Thread):
     """Runs the prompts of one prefill group and hands the sequences to the decode pool."""
 
@@ -115,6 +121,8 @@ class PrefillWorker(threading.Thread):
         self.stopping = False
         # mixed steps: the decode workers that take this queue's prompts (the thread itself then never runs)
         self.takers: list[DecodeWorker] = []
+        # mixed steps: first prompt block -> the sequence being prefilled from it (see `take`)
+        self.in_flight: dict[bytes, Sequence] = {}
 
     @property
     def mixed(self) -> bool:
@@ -143,6 +151,14 @@ class PrefillWorker(threading.Thread):
             head = next((s for s in self.queue if s.model.decode is decode), None)
             if head is None:
                 return None, aborted
+            self.in_flight = {d: s for d, s in self.in_flight.items() if _prefilling(s)}
+            first = self._first_block(head)
+            owner = self.in_flight.get(first) if first is not None else None
+            if owner is not None and owner is not head and not self.engine.allocator.is_cached(first):
+                # its prompt starts like one another worker (or this one) is prefilling now: wait until that
+                # one's blocks are in the prefix cache and take them as hits, instead of computing them twice
+                # (the agents:K:parallel workload: one context to K task models at once)
+                return None, aborted
             if not self._reserve(head, wait=False, tokens=head.length):
                 # hold nothing while waiting: prefix hits kept by the heads of several queues can
                 # together starve every one of them (its blocks stay in the prefix cache for next time)
@@ -150,7 +166,16 @@ class PrefillWorker(threading.Thread):
                 self.engine.allocator.free(hits)
                 return None, aborted
             self.queue.remove(head)
+            if first is not None and first not in self.in_flight:
+                self.in_flight[first] = head
             return head, aborted
+
+    def _first_block(self, seq: Sequence) -> bytes | None:
+        """The prefix-cache digest of the prompt's first block, when it could be cached (None otherwise)."""
+        size = self.engine.allocator.block_size
+        if not self.group.prefix_cache or len(seq.prompt_ids) - 1 < size:
+            return None
+        return block_hashes(seq.prompt_ids[:size], size, self.group.salt)[0]
 
     def has_prompts_for(self, decode: Any) -> bool:
         """Whether a queued prompt decodes in group `decode` (mixed steps)."""
