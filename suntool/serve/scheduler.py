@@ -470,7 +470,7 @@ class DecodeWorker(threading.Thread):
                     present = set(map(id, self.running))
                     self.running.extend(s for s in self.inbox if id(s) not in present)
                     self.inbox.clear()
-                engine.engaged(True)
+                engine.engaged(bool(self.running or self.prefilling))  # prompts it only waits for: not busy
                 for seq in [s for s in self.running + self.prefilling if s.aborted]:
                     (self.running if seq in self.running else self.prefilling).remove(seq)
                     engine.finish(seq, "abort")
