@@ -269,34 +269,54 @@ class PrefillWorker(threading.Thread):
 
     def _reserve(self, seq: Sequence, *, wait: bool, tokens: int | None = None) -> bool:
         """Give `seq` its prefix-cache hits and blocks for its cached tokens (or the first `tokens`); wait for
-        blocks if asked."""
+        blocks if asked.
+
+        While it waits, or when it fails without waiting, it holds nothing: hits it took here go back to
+        the cache (still counted free, so still found on the next try). Hits held by a waiting prompt can
+        starve the sequence whose blocks it waits for — a recomputed sequence preempted again and again
+        while two prefill threads wait — and so every other prompt (measured:
+        `test_out_of_blocks_preempts_and_recomputes_exactly` hung in 1 run of 3 with three prefill threads).
+
+        A preempted sequence is recomputed only once blocks for its whole answer (prompt + `max_tokens`) are
+        free: two such sequences on two decode workers, each able to preempt only its own, otherwise take
+        turns preempting themselves forever (measured: 1 700 preemptions of the same two sequences)."""
         engine, allocator = self.engine, self.engine.allocator
-        if not seq.block_table and self.group.prefix_cache:
-            # the last prompt token is always computed (the prefill convention needs its logits)
-            cacheable = seq.prompt_ids[:-1]
-            hits = allocator.match_prefix(block_hashes(cacheable, allocator.block_size, self.group.salt))
-            seq.block_table = hits
-            seq.prefix_hit_tokens = len(hits) * allocator.block_size
-        # K/V to hold: tokens[:length-1]; under the prefill convention a new prompt caches all of itself
-        if tokens is None:
-            tokens = max(seq.length - 1, self.group.prefill_end(seq))
-        need = allocator.blocks_for(tokens) - len(seq.block_table)
-        reserve = 0 if seq.output_ids else min(engine.watermark, allocator.capacity - need)
         while True:
+            matched = False
+            if not seq.block_table and self.group.prefix_cache:
+                # the last prompt token is always computed (the prefill convention needs its logits)
+                cacheable = seq.prompt_ids[:-1]
+                hits = allocator.match_prefix(block_hashes(cacheable, allocator.block_size, self.group.salt))
+                seq.block_table = hits
+                seq.prefix_hit_tokens = len(hits) * allocator.block_size
+                matched = bool(hits)
+            # K/V to hold: tokens[:length-1]; under the prefill convention a new prompt caches all of itself
+            needed_tokens = max(seq.length - 1, self.group.prefill_end(seq)) if tokens is None else tokens
+            if seq.output_ids:  # a preempted sequence comes back only with room to finish (see above)
+                final = len(seq.prompt_ids) + seq.params.max_tokens - 1
+                needed_tokens = max(needed_tokens, min(final, allocator.capacity * allocator.block_size))
+            need = allocator.blocks_for(needed_tokens) - len(seq.block_table)
+            reserve = 0 if seq.output_ids else min(engine.watermark, allocator.capacity - need)
             with engine.resources:
-                try:
-                    if need > 0 and allocator.num_free - need < reserve:
-                        raise OutOfBlocks
-                    seq.block_table += allocator.allocate(max(need, 0))
-                    return True
-                except OutOfBlocks:
-                    if not wait:
-                        return False
-                    engine.resources.wait_for(
-                        lambda: allocator.num_free - need >= reserve or seq.aborted or self.stopping
-                    )
-                    if seq.aborted or self.stopping:
-                        return False
+                if need <= 0 or allocator.num_free - need >= reserve:
+                    try:
+                        seq.block_table += allocator.allocate(max(need, 0))
+                        return True
+                    except OutOfBlocks:
+                        pass
+                if matched:  # wait (or stay queued) holding nothing (see above)
+                    hits, seq.block_table, seq.prefix_hit_tokens = seq.block_table, [], 0
+                    allocator.free(hits)
+                    need += len(hits)
+                    engine.resources.notify_all()
+                if not wait:
+                    return False
+                engine.resources.wait_for(
+                    lambda need=need, reserve=reserve: allocator.num_free - need >= reserve or seq.aborted
+                    or self.stopping
+                )
+                if seq.aborted or self.stopping:
+                    return False
 
     def _run_batch(self, batch: list[Sequence]) -> None:
         engine = self.engine
