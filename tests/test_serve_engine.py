@@ -158,6 +158,28 @@ def test_out_of_blocks_preempts_and_recomputes_exactly(sun_artifacts, mixed_step
     assert stats.kv_blocks_used == 0 and stats.finished == len(jobs)
 
 
+def test_a_preempted_sequence_comes_back_only_with_room_to_finish(sun_artifacts):
+    """Recompute admission: blocks for prompt + max_tokens, not just the tokens so far. Otherwise two sequences
+    that do not fit together, on two decode workers that each preempt only their own, preempt themselves in
+    turn forever (the hang `test_out_of_blocks_preempts_and_recomputes_exactly` hit one run in three)."""
+    from suntool.serve.sequence import Sequence
+
+    engine = Engine.from_artifacts([sun_artifacts["math"]], config=EngineConfig(kv_blocks=14, block_size=4))
+    try:
+        model = engine.models[next(iter(engine.models))]
+        worker, allocator = model.prefill.worker, engine.allocator
+        seq = Sequence(model=model, prompt_ids=list(range(100, 110)), params=SamplingParams(max_tokens=30),
+                       sink=lambda event: None)
+        seq.output_ids = [7, 8]  # preempted after two tokens: 12 tokens so far (3 blocks), 39 at most (10)
+        held = allocator.allocate(allocator.num_free - 9)
+        assert not worker._reserve(seq, wait=False) and seq.block_table == []
+        allocator.free(held[:1])
+        assert worker._reserve(seq, wait=False) and len(seq.block_table) == 10
+        allocator.free(seq.block_table + held[1:])
+    finally:
+        engine.close()
+
+
 @pytest.mark.parametrize("arch", ["mistral", "gemma3_text"])
 def test_sliding_window_models_stay_exact(arch, tiny_checkpoints, tmp_path):
     artifacts = dict(zip(["a", "b"], make_task_artifacts(tiny_checkpoints[arch], tmp_path, ["a", "b"]), strict=True))
