@@ -104,6 +104,7 @@ def forward_tokens(pool, group, seq: Sequence, start: int, end: int):
     mask = torch.ones((1, end), dtype=torch.long, device=device)
     return forward_with_cache(model, ids, mask, pool.step_cache(history, new_slots))[:, -1]
 
+
 def _prefilling(seq: Sequence) -> bool:
     """Whether a decode worker is still computing `seq`'s prompt (mixed steps)."""
     worker = getattr(seq, "worker", None)
@@ -159,11 +160,7 @@ class PrefillWorker(threading.Thread):
                 # one's blocks are in the prefix cache and take them as hits, instead of computing them twice
                 # (the agents:K:parallel workload: one context to K task models at once)
                 return None, aborted
-            if not self._reserve(head, wait=False, tokens=head.length):
-                # hold nothing while waiting: prefix hits kept by the heads of several queues can
-                # together starve every one of them (its blocks stay in the prefix cache for next time)
-                hits, head.block_table, head.prefix_hit_tokens = head.block_table, [], 0
-                self.engine.allocator.free(hits)
+            if not self._reserve(head, wait=False, tokens=head.length):  # it then holds no prefix hits either
                 return None, aborted
             self.queue.remove(head)
             if first is not None and first not in self.in_flight:
