@@ -396,7 +396,9 @@ class CompactLM:
         keys = pool.keys[0]
         if keys.device.type != "cpu" or str(keys.dtype) not in _CPU_KERNEL_DTYPES or not cpu_kernel_available():
             return decode
-        short = [s for s in step.spans if s.table is not None and s.end - s.start <= KERNEL_SPAN_ROWS]
+        short, kept = [], []
+        for span in step.spans:
+            (short if span.table is not None and span.end - span.start <= KERNEL_SPAN_ROWS else kept).append(span)
         if not short:
             return decode
         rows = [torch.arange(step.decode_rows)] + [torch.arange(s.offset, s.offset + s.end - s.start) for s in short]
@@ -411,7 +413,6 @@ class CompactLM:
             count = span.end - span.start
             tables[at : at + count, : len(span.table)] = span.table
             at += count
-        kept = [s for s in step.spans if not (s.table is not None and s.end - s.start <= KERNEL_SPAN_ROWS)]
         return _PagedRows(torch.cat(rows), tables, torch.cat(lens), kept)
 
     def _attention(self, pool: KVPool, index: int, window: int | None, paged: _PagedRows, q, k, v):
