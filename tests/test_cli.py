@@ -35,14 +35,15 @@ def assert_user_error(capsys, argv, *needles):
 
 def test_help_is_instant_and_lists_every_subcommand():
     code = (
-        "import sys, time; t = time.time(); from suntool.cli import main\n"
+        "import sys, time; t = time.process_time(); from suntool.cli import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import at help time'\n"
-        "print('ELAPSED', time.time() - t)"
+        "print('ELAPSED', time.process_time() - t)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     for name in SUBCOMMANDS:
         assert f" {name} " in result.stdout
+    # CPU seconds, not wall time: a loaded CI machine must not fail it, a heavy import still does
     assert float(result.stdout.split("ELAPSED")[1]) < 1.5
     module = subprocess.run([sys.executable, "-m", "suntool", "--help"], capture_output=True, text=True)
     assert module.returncode == 0 and "split" in module.stdout
