@@ -209,14 +209,17 @@ def score_answers(loaded, task: str, test: list[dict], max_new_tokens: int = 0,
     started = time.time()
     prompts = [r["prompt"] for r in test]
     if engine_path is not None:
+        from suntool.commands._ui import ProgressLines
         from suntool.serve.engine import EngineConfig
         from suntool.serve.offline import generate_offline
         from suntool.serve.sequence import SamplingParams
 
         ids = [loaded.tokenizer(prompt, add_special_tokens=True)["input_ids"] for prompt in prompts]
         params = SamplingParams(max_tokens=max_new, stop=tuple(spec.stop_strings))
+        lines = ProgressLines(f"scoring {engine_path.name} on {task}", len(ids), unit="answer")
         outputs = [r.text for r in generate_offline(str(engine_path), ids, params,
-                                                    config=EngineConfig(dtype="float32"))]
+                                                    config=EngineConfig(dtype="float32"),
+                                                    on_finished=lambda done, total, _: lines.update(done))]
     else:
         from suntool.generation import generate_texts
         from suntool.handoff import SamplingConfig
