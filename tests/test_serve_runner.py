@@ -97,6 +97,39 @@ def test_packed_weights_give_the_same_logits_as_plain_matmuls():
     torch.testing.assert_close(logits[0], logits[1], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("tied", [False, True], ids=["untied-lm-head", "tied-lm-head"])
+def test_released_dense_weights_keep_the_logits_and_stop_the_transformers_modules(tied):
+    """One copy of each weight, not two: the packed copy serves, the dense one goes (a tied lm_head stays)."""
+    import copy
+
+    from suntool.serve.runner import _onednn_packing_available
+
+    if not _onednn_packing_available():
+        pytest.skip("this torch has no oneDNN: nothing is packed, so nothing is held twice")
+    model = build_model("qwen2")  # biases: released modules keep them, the packed path adds them
+    if tied:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    reference = copy.deepcopy(model)
+    runner = CompactLM.build(model, release=True)
+    layer = model.model.layers[0]
+    assert layer.self_attn.q_proj.weight.numel() == 0 and layer.mlp.down_proj.weight.numel() == 0
+    assert runner.layers[0].qkv.weight is None
+    assert (model.lm_head.weight.numel() > 0) == tied  # the embedding still reads a tied lm_head
+    assert model.model.embed_tokens.weight.numel() > 0
+    with pytest.raises(RuntimeError, match="released"):
+        model(torch.tensor([[5, 6, 7]]))
+    ids = torch.randint(3, 300, (9,), generator=torch.Generator().manual_seed(3)).tolist()
+    pool = KVPool(**KVPool.geometry(model.config), num_blocks=12, block_size=4, dtype=torch.float32)
+    seq = new_sequence(ids, pool, 2)
+    with torch.inference_mode():
+        prompt = runner.forward(pool, extend_input(pool, [(seq, 0, 8)], logits=True))
+        seq.num_cached = 8
+        ours = torch.cat([prompt, runner.forward(pool, decode_input(pool, [seq]))])
+        expected = reference(torch.tensor([ids]), use_cache=False).logits[0, -2:]
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
+    assert runner.release_dense_weights() == 0  # twice is harmless
+
+
 def test_a_wrong_forward_is_caught_by_the_self_check(monkeypatch):
     model = build_model("llama")
     monkeypatch.setattr("suntool.serve.runner._rms_norm", lambda x, weight, eps: weight * x)
@@ -111,6 +144,10 @@ def test_engine_greedy_output_equals_generate(arch, tiny_checkpoints, tmp_path):
     try:
         assert all(group.runner is not None for group in engine.decode_groups.values())
         assert all(group.runner is not None for group in engine.prefill_groups.values())
+        if all(group.runner.lm_head.packed is not None for group in engine.decode_groups.values()):
+            decode = next(iter(engine.decode_groups.values())).model  # served from the packed copy alone
+            assert decode.model.layers[0].mlp.down_proj.weight.numel() == 0
+            assert "GiB of dense copies released" in engine.describe()
         jobs = [(name, prompt) for name in artifacts for prompt in PROMPTS]
         collector = run_all(engine, jobs, SamplingParams(max_tokens=12))
     finally:

@@ -79,6 +79,7 @@ class EngineConfig:
     allow_mismatch: bool = False
     torch_threads: int | None = None  # intra-op threads per busy engine thread; None: cores // busy threads
     compact: bool = True  # run supported halves through suntool.serve.runner (False: transformers' modules)
+    release_dense_weights: bool = True  # drop dense weights the compact forward holds packed (one copy, not two)
     # run prompts on the decode workers' threads (one thread runs every forward, one OpenMP team owns the
     # cores): inside the decode forward where the prefill half is the decode half (vLLM's chunked prefill),
     # else in a forward of the prefill half just before; False: a prefill thread per prefill half
@@ -225,7 +226,8 @@ class Engine:
         for model in loaded.weights.values():  # norms, rotary, decode attention, w4a16 via suntool.kernels
             enable_kernels(model, strict=False)
             keep_only_cpu_int4_packs(model)  # bf16 4-bit halves on CPU: hold the int4 pack, not qweight too
-            runners[id(model)] = CompactLM.build(model) if config.compact else None
+            runners[id(model)] = (CompactLM.build(model, release=config.release_dense_weights)
+                                  if config.compact else None)
         plan = loaded.plan
         self.mode, self.share = plan.mode, plan.share
         self.cores = _usable_cores()
@@ -553,8 +555,11 @@ class Engine:
         compact = sum(group.runner is not None for group in groups)
         threads = self.config.torch_threads or f"{self.cores} shared by busy threads"
         mixed = sum(group.worker.mixed for group in self.prefill_groups.values())
+        runners = {id(group.runner): group.runner for group in groups if group.runner is not None}
+        released = sum(runner.released_bytes for runner in runners.values())
+        packed = f" · weights prepacked, {released / 2**30:.2f} GiB of dense copies released" if released else ""
         return (f"dtype {self.pool.dtype} · compact forward on {compact}/{len(groups)} groups "
-                f"(others through transformers) · prompts on the decode threads for {mixed}/"
+                f"(others through transformers){packed} · prompts on the decode threads for {mixed}/"
                 f"{len(self.prefill_groups)} prefill groups · torch threads {threads}")
 
     def stats(self) -> EngineStats:

@@ -10,7 +10,8 @@ Why it exists (measured, docs/performance.md): running transformers' modules thr
 layer per step and pads batched prompts to the longest one. This module is the whole hot path
 of a decode step in one screen, as gpt-fast and nano-vllm write it: the weights of the loaded
 HF model (q/k/v and gate/up fused into one matmul each, the original parameters becoming views
-of the fused tensors, so nothing is held twice), RMSNorm / rotary / SiLU-gated MLP written out
+of the fused tensors; with prepacked weights the engine then drops the dense copies, so nothing is
+held twice), RMSNorm / rotary / SiLU-gated MLP written out
 with transformers' exact op order, new K/V written straight into their pool slots, and
 attention read straight from the blocks:
 
@@ -204,6 +205,28 @@ class _Projection:
             with torch.no_grad():
                 self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), PACK_BATCH_HINT)
 
+    def release_dense(self, keep: set[int]) -> int:
+        """Drop the dense weights once the packed copy holds them; returns the bytes released.
+
+        Weights whose storage is in `keep` (an lm_head tied to the embedding, which the embedding
+        still reads) stay. The transformers modules lose their weights: calling one afterwards raises
+        `RuntimeError` naming why, instead of computing with an empty tensor.
+        """
+        import torch
+
+        if self.packed is None or self.weight is None:  # nothing held twice, or released already
+            return 0
+        weights = [m.weight for m in self.modules] + [self.weight]
+        if any(w.untyped_storage().data_ptr() in keep for w in weights):
+            return 0
+        released = self.weight.numel() * self.weight.element_size()
+        for m in self.modules:
+            m.weight = torch.nn.Parameter(torch.empty(0, dtype=m.weight.dtype, device=m.weight.device),
+                                          requires_grad=False)
+            m.register_forward_pre_hook(_released_weight_hook)
+        self.weight = None
+        return released
+
     def __call__(self, x):
         import torch
         import torch.nn.functional as F
@@ -213,6 +236,12 @@ class _Projection:
         if self.weight is not None:
             return F.linear(x, self.weight, self.bias)
         return torch.cat([m(x) for m in self.modules], dim=-1)
+
+
+def _released_weight_hook(module, args):
+    raise RuntimeError(
+        f"this {type(module).__name__}'s dense weight was released: the serving engine holds it only in "
+        "oneDNN's packed layout (EngineConfig(release_dense_weights=False) keeps both)")
 
 
 @dataclass
@@ -293,6 +322,7 @@ class CompactLM:
                 gate_up=_Projection(gate_up, pack=pack), down=_Projection([mlp.down_proj], pack=pack), window=window,
             ))
         self.scale = float(getattr(inner.layers[0].self_attn, "scaling", self.head_dim**-0.5))
+        self.released_bytes = 0  # dense weights dropped because the packed copies serve them
 
     # -- construction ----------------------------------------------------------------------------------------------
     @classmethod
@@ -316,16 +346,46 @@ class CompactLM:
         return None
 
     @classmethod
-    def build(cls, model, *, check: bool = True, pack: bool = True) -> CompactLM | None:
-        """A runner for `model`, or None (and a log line saying why) when transformers must run it."""
+    def build(cls, model, *, check: bool = True, pack: bool = True, release: bool = False) -> CompactLM | None:
+        """A runner for `model`, or None (and a log line saying why) when transformers must run it.
+
+        With `release` (and packed weights) the dense copies are dropped after the self-check
+        (`release_dense_weights`): the model's transformers modules cannot run any more.
+        """
         reason = cls.supports(model)
         if reason is None:
             runner = cls(model, pack=pack)
             reason = runner.self_check() if check else None
             if reason is None:
+                if release:
+                    runner.released_bytes = runner.release_dense_weights()
                 return runner
         log.info("compact forward off for %s: %s; using transformers", type(model).__name__, reason)
         return None
+
+    def projections(self) -> list[_Projection]:
+        return [self.lm_head] + [p for layer in self.layers for p in (layer.qkv, layer.o_proj, layer.gate_up,
+                                                                      layer.down)]
+
+    def release_dense_weights(self) -> int:
+        """Drop every dense projection weight that a packed copy duplicates; returns the bytes released.
+
+        Packing (`_Projection`) keeps a second, oneDNN-blocked copy of each weight; the transformers
+        modules' dense copies are then only needed to run the model through transformers, which the
+        engine no longer does for this half. A 135M model in fp32 holds ~0.4 GB less per half. The
+        embedding (and an lm_head tied to it) stays.
+        """
+        import torch
+
+        keep = {self.embed.weight.untyped_storage().data_ptr()}
+        released = sum(projection.release_dense(keep) for projection in self.projections())
+        if released:  # what stays (embedding, norms, biases) into memory of its own: the checkpoint file's
+            with torch.no_grad():  # mapping, which the loader's tensors are views of, can then be unmapped
+                for parameter in self.model.parameters():
+                    if parameter.numel():
+                        parameter.data = parameter.data.clone()
+            log.info("released %.0f MiB of dense weights held twice (packed copies serve them)", released / 2**20)
+        return released
 
     def self_check(self, length: int = 6) -> str | None:
         """Compare a short prompt and one decode step with the transformers forward; None when they agree."""
