@@ -127,7 +127,9 @@ def test_released_dense_weights_keep_the_logits_and_stop_the_transformers_module
         ours = torch.cat([prompt, runner.forward(pool, decode_input(pool, [seq]))])
         expected = reference(torch.tensor([ids]), use_cache=False).logits[0, -2:]
     torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
-    assert runner.release_dense_weights() == 0  # twice is harmless
+    released = runner.released_bytes
+    assert released > 0 and runner.release_dense_weights() == 0  # twice is harmless
+    assert runner.released_bytes == released
 
 
 def test_a_wrong_forward_is_caught_by_the_self_check(monkeypatch):

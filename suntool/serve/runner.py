@@ -358,7 +358,7 @@ class CompactLM:
             reason = runner.self_check() if check else None
             if reason is None:
                 if release:
-                    runner.released_bytes = runner.release_dense_weights()
+                    runner.release_dense_weights()
                 return runner
         log.info("compact forward off for %s: %s; using transformers", type(model).__name__, reason)
         return None
@@ -385,6 +385,7 @@ class CompactLM:
                     if parameter.numel():
                         parameter.data = parameter.data.clone()
             log.info("released %.0f MiB of dense weights held twice (packed copies serve them)", released / 2**20)
+        self.released_bytes += released
         return released
 
     def self_check(self, length: int = 6) -> str | None:
