@@ -79,9 +79,7 @@ def test_packed_weights_give_the_same_logits_as_plain_matmuls():
     model = build_model("qwen2")  # biases on q/k/v: the packed path adds them too
     packed, plain = CompactLM.build(model), CompactLM.build(model, pack=False)
     if _onednn_packing_available():
-        projections = [packed.lm_head] + [p for layer in packed.layers
-                                          for p in (layer.qkv, layer.o_proj, layer.gate_up, layer.down)]
-        assert all(p.packed is not None for p in projections)
+        assert all(p.packed is not None for p in packed.projections())
     assert plain.lm_head.packed is None
     assert all(p.packed is None for layer in plain.layers for p in (layer.qkv, layer.down))
     pool_args = dict(**KVPool.geometry(model.config), num_blocks=12, block_size=4, dtype=torch.float32)
